@@ -1,0 +1,1 @@
+"""Gantry server: the grpc.aio control plane (validator face and broker face)."""

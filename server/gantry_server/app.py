@@ -1,0 +1,143 @@
+"""Assemble the grpc.aio server: services, interceptor, health, reflection; start and stop in order.
+
+Start: (embedded PostgreSQL/Redis) -> engine + Redis reachable -> listen with health NOT_SERVING ->
+migrations -> SERVING. Stop: NOT_SERVING -> drain in-flight RPCs within the grace period -> close pools ->
+stop embedded servers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+
+from . import embedded
+from .clock import Clock, SystemClock
+from .config import Settings
+from .interceptors import ObservabilityInterceptor
+from .runtime import Runtime
+from .services.registry import SERVICES
+from .store import db, migrate
+
+log = logging.getLogger(__name__)
+
+
+class RedisUnreachable(RuntimeError):
+    """Redis could not be reached at start-up; the message is one line for the operator."""
+
+
+def _admin_token(settings: Settings) -> str | None:
+    """The configured admin token; the embedded default keeps a generated one in its data directory."""
+    if settings.admin_token:
+        return settings.admin_token
+    if not settings.embedded:
+        return None
+    path = Path(settings.data_dir) / "admin_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def _check_redis(client: Redis, url: str) -> None:
+    try:
+        async with asyncio.timeout(10):
+            await client.ping()
+    except Exception as exc:
+        shown = url.split("@")[-1]
+        raise RedisUnreachable(f"cannot reach Redis at {shown}: {str(exc) or type(exc).__name__}") from None
+
+
+class GantryApp:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.embedded: embedded.EmbeddedServices | None = None
+        self.server: aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.rt: Runtime | None = None
+        self.grpc_port: int | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.embedded:
+            self.embedded = await asyncio.to_thread(
+                embedded.start, Path(s.data_dir),
+                need_postgres=s.database_url is None, need_redis=s.redis_url is None)
+        database_url = s.database_url or self.embedded.database_url
+        redis_url = s.redis_url or self.embedded.redis_url
+        engine = db.create_engine(database_url, pool_size=s.db_pool_size)
+        redis = Redis.from_url(redis_url)
+        try:
+            await db.check_reachable(engine)
+            await _check_redis(redis, redis_url)
+        except BaseException:
+            await engine.dispose()
+            await redis.aclose()
+            self._stop_embedded()
+            raise
+        self.rt = Runtime(settings=s, engine=engine, redis=redis, clock=self.clock, admin_token=_admin_token(s))
+
+        self.server = aio.server(
+            interceptors=[ObservabilityInterceptor()],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+            ],
+        )
+        names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+        for spec in SERVICES:
+            spec.add_to_server(spec.servicer_class()(self.rt), self.server)
+            names.append(spec.full_name)
+            await self.health.set(spec.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(names, self.server)
+        self.grpc_port = self.server.add_insecure_port(s.grpc_addr)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen on GANTRY_GRPC_ADDR={s.grpc_addr}")
+        await self.server.start()
+        log.info("grpc listening", extra={"addr": self.grpc_addr})
+
+        if s.migrate_on_start:
+            await migrate.upgrade(engine)
+        self.rt.state.lifecycle_running = True
+        self.rt.state.ready = True
+        for spec in SERVICES:
+            await self.health.set(spec.full_name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"addr": self.grpc_addr, "embedded": s.embedded})
+
+    @property
+    def grpc_addr(self) -> str:
+        host = self.settings.grpc_addr.rpartition(":")[0]
+        return f"{host}:{self.grpc_port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self.rt is not None:
+            self.rt.state.ready = False
+            self.rt.state.lifecycle_running = False
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        if self.rt is not None:
+            await self.rt.engine.dispose()
+            await self.rt.redis.aclose()
+            self.rt = None
+        self._stop_embedded()
+        log.info("stopped")
+
+    def _stop_embedded(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None

@@ -1,0 +1,28 @@
+"""What services depend on, built once per process and handed to each servicer."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .clock import Clock, SystemClock
+from .config import Settings
+
+
+@dataclass
+class ServiceState:
+    """Process-wide flags that /health, /ready and grpc.health read."""
+
+    ready: bool = False
+    lifecycle_running: bool = False
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    redis: Redis
+    clock: Clock = field(default_factory=SystemClock)
+    state: ServiceState = field(default_factory=ServiceState)
+    admin_token: str | None = None

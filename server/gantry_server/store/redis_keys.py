@@ -1,0 +1,41 @@
+"""Every Redis key Gantry uses, named in one place (Redis holds what may be lost or must expire)."""
+from __future__ import annotations
+
+PREFIX = "gantry:"
+
+
+def attestation_nonce(nonce: str) -> str:
+    """Attestation nonce (boot/runtime/instance_verification), 600 s, consumed once."""
+    return f"{PREFIX}nonce:{nonce}"
+
+
+def boot_token(token: str) -> str:
+    """Boot token issued by boot attestation, 600 s, bound to hotkey and VM name."""
+    return f"{PREFIX}boot_token:{token}"
+
+
+def rint_nonce(config_id: str) -> str:
+    """Runtime-integrity nonce of a launch config, 7200 s, GETDEL once."""
+    return f"{PREFIX}rint_nonce:{config_id}"
+
+
+def signature_nonce(hotkey: str, nonce: str) -> str:
+    """v2 signature replay guard, SET NX EX 600."""
+    return f"{PREFIX}signonce:{hotkey}:{nonce}"
+
+
+def rate_limit(user_id: str, bucket: str, window: int) -> str:
+    return f"{PREFIX}ratelimit:{bucket}:{user_id}:{window}"
+
+
+def events_stream() -> str:
+    """Redis Stream of events for WatchEvents (capped length)."""
+    return f"{PREFIX}events"
+
+
+def instance_logs(instance_id: str) -> str:
+    return f"{PREFIX}logs:{instance_id}"
+
+
+def readiness_probe() -> str:
+    return f"{PREFIX}probe"

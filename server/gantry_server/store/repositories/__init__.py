@@ -1,0 +1,1 @@
+"""Repositories: the only code that writes SQL. Each takes a connection (the unit of work)."""
