@@ -64,8 +64,19 @@ class GantryApp:
         self.health = health.aio.HealthServicer()
         self.rt: Runtime | None = None
         self.grpc_port: int | None = None
+        # Shared with the REST gateway, which dispatches in-process through the same interceptor.
+        self.interceptor = ObservabilityInterceptor()
+        self.servicers: dict[str, object] = {}  # service full name -> servicer instance
 
     async def start(self) -> None:
+        """Start everything; on any failure undo what was started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         if s.embedded:
             self.embedded = await asyncio.to_thread(
@@ -75,18 +86,12 @@ class GantryApp:
         redis_url = s.redis_url or self.embedded.redis_url
         engine = db.create_engine(database_url, pool_size=s.db_pool_size)
         redis = Redis.from_url(redis_url)
-        try:
-            await db.check_reachable(engine)
-            await _check_redis(redis, redis_url)
-        except BaseException:
-            await engine.dispose()
-            await redis.aclose()
-            self._stop_embedded()
-            raise
         self.rt = Runtime(settings=s, engine=engine, redis=redis, clock=self.clock, admin_token=_admin_token(s))
+        await db.check_reachable(engine)
+        await _check_redis(redis, redis_url)
 
         self.server = aio.server(
-            interceptors=[ObservabilityInterceptor()],
+            interceptors=[self.interceptor],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -95,7 +100,9 @@ class GantryApp:
         )
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         for spec in SERVICES:
-            spec.add_to_server(spec.servicer_class()(self.rt), self.server)
+            servicer = spec.servicer_class()(self.rt)
+            self.servicers[spec.full_name] = servicer
+            spec.add_to_server(servicer, self.server)
             names.append(spec.full_name)
             await self.health.set(spec.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -127,6 +134,7 @@ class GantryApp:
             self.rt.state.ready = False
             self.rt.state.lifecycle_running = False
         await self.health.enter_graceful_shutdown()
+        was_serving = self.server is not None
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
@@ -135,7 +143,8 @@ class GantryApp:
             await self.rt.redis.aclose()
             self.rt = None
         self._stop_embedded()
-        log.info("stopped")
+        if was_serving:
+            log.info("stopped")
 
     def _stop_embedded(self) -> None:
         if self.embedded is not None:

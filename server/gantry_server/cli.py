@@ -40,11 +40,7 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await app.start()
-    except BaseException:
-        await app.stop(0)
-        raise
+    await app.start()
     print(f"gantry: serving gRPC on {app.grpc_addr}", file=sys.stderr, flush=True)
     await stop.wait()
     await app.stop()

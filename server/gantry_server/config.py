@@ -52,6 +52,7 @@ class Settings:
     use_uvloop: bool = True
     admin_token: str | None = None
     db_pool_size: int = 10
+    netuid: int = 64
 
     @property
     def embedded(self) -> bool:
@@ -92,6 +93,10 @@ class Settings:
             kw["log_format"] = v
         if v := get("GANTRY_UVLOOP"):
             kw["use_uvloop"] = _bool("GANTRY_UVLOOP", v)
+        if v := get("GANTRY_NETUID"):
+            if not v.isdigit():
+                raise ConfigError(f"GANTRY_NETUID must be a non-negative integer, got {v!r}")
+            kw["netuid"] = int(v)
         if v := get("GANTRY_ADMIN_TOKEN"):
             kw["admin_token"] = v
         return cls(**kw)

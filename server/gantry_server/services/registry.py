@@ -38,8 +38,8 @@ class ServiceSpec:
         return getattr(self.grpc_module, f"add_{self.name}Servicer_to_server")
 
     def impl_class(self) -> type:
-        if self.impl is None:
-            return self.base_class
+        if self.impl is None:  # nothing built yet: every RPC becomes an UNIMPLEMENTED stub
+            return type(f"Unbuilt{self.name}", (self.base_class,), {"__init__": lambda self_, rt: None})
         module, cls = self.impl.split(":")
         return getattr(importlib.import_module(f"gantry_server.services.{module}"), cls)
 
@@ -52,4 +52,12 @@ class ServiceSpec:
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("gantry.ops.v1.ops_pb2_grpc", "OpsService", "ops:OpsService"),
+    ServiceSpec("gantry.admin.v1.admin_pb2_grpc", "AdminService", "admin:AdminService"),
+    ServiceSpec("gantry.instances.v1.instances_pb2_grpc", "InstanceService", None),
+    ServiceSpec("gantry.servers.v1.servers_pb2_grpc", "ServerService", None),
+    ServiceSpec("gantry.miner.v1.miner_pb2_grpc", "MinerService", "miner:MinerService"),
+    ServiceSpec("gantry.broker.v1.inventory_pb2_grpc", "InventoryService", None),
+    ServiceSpec("gantry.broker.v1.templates_pb2_grpc", "TemplateService", None),
+    ServiceSpec("gantry.broker.v1.sessions_pb2_grpc", "SessionService", None),
+    ServiceSpec("gantry.broker.v1.costs_pb2_grpc", "CostService", None),
 )

@@ -1,0 +1,1 @@
+"""Domain logic, importable without gRPC: services call it, it calls store/providers."""
