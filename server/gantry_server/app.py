@@ -64,8 +64,9 @@ class GantryApp:
         self.health = health.aio.HealthServicer()
         self.rt: Runtime | None = None
         self.grpc_port: int | None = None
-        # Shared with the REST gateway, which dispatches in-process through the same interceptor.
-        self.interceptor = ObservabilityInterceptor()
+        # The one interceptor chain (outermost first), shared with the REST gateway, which dispatches
+        # in-process through the same chain so both faces behave identically.
+        self.interceptors: list = [ObservabilityInterceptor()]
         self.servicers: dict[str, object] = {}  # service full name -> servicer instance
 
     async def start(self) -> None:
@@ -91,7 +92,7 @@ class GantryApp:
         await _check_redis(redis, redis_url)
 
         self.server = aio.server(
-            interceptors=[self.interceptor],
+            interceptors=self.interceptors,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
