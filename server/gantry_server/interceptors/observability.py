@@ -32,7 +32,7 @@ RPC_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-REQUEST_ID_KEY = "x-request-id"
+from ..metadata_keys import REQUEST_ID as REQUEST_ID_KEY
 
 
 def request_id_from(metadata) -> str:
