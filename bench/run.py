@@ -43,6 +43,14 @@ def ensure_ghz() -> Path:
     return GHZ
 
 
+def descriptor_set() -> Path:
+    """The buf-built image of proto/ (a FileDescriptorSet); built by scripts/gen.py."""
+    image = ROOT / ".build" / "image.binpb"
+    if not image.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "gen.py")], check=True, stdout=subprocess.DEVNULL)
+    return image
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,7 +83,7 @@ def seed_one_node(addr: str, token: str) -> None:
 
 def run_ghz(addr: str, call: str, data: str, concurrency: int, duration: int) -> dict:
     out = subprocess.run(
-        [str(ensure_ghz()), "--insecure", "--call", call, "-d", data, "-c", str(concurrency),
+        [str(ensure_ghz()), "--insecure", "--protoset", str(descriptor_set()), "--call", call, "-d", data, "-c", str(concurrency),
          "--connections", "4", "-z", f"{duration}s", "--format", "json", addr],
         check=True, capture_output=True, text=True).stdout
     report = json.loads(out)
