@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,3 +27,4 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     state: ServiceState = field(default_factory=ServiceState)
     admin_token: str | None = None
+    keyring: Any = None  # domain.secrets_at_rest.Keyring: secrets at rest (never logged)

@@ -1,30 +1,28 @@
 """AdminService: what operators create (metagraph nodes and blacklist so far; the rest lands with its issue).
 
 Every call needs `authorization: Bearer <admin token>` (GANTRY_ADMIN_TOKEN; the embedded default keeps a
-generated one in GANTRY_DATA_DIR/admin_token). Without a configured token the admin API is off.
+generated one in GANTRY_DATA_DIR/admin_token), checked by the auth interceptor (policy `admin` in
+auth_policy.py). Without a configured token the admin API is off.
 """
 from __future__ import annotations
 
-import hmac
+import re
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.exc import IntegrityError
 
 from gantry.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from ..domain.validation import Violations, is_ss58
-from ..errors import PermissionDenied, Unauthenticated
+from ..domain.auth import api_keys
+from ..errors import Conflict, InvalidArgument, NotFound
 from ..runtime import Runtime
 from ..store.db import unit_of_work
 from ..store.repositories.metagraph import MetagraphRepository
+from ..store.repositories.users import UserRepository
 
-
-def require_admin(rt: Runtime, context) -> None:
-    if not rt.admin_token:
-        raise PermissionDenied("the admin API is disabled: set GANTRY_ADMIN_TOKEN", reason="ADMIN_DISABLED")
-    supplied = dict(context.invocation_metadata()).get("authorization", "")
-    scheme, _, token = supplied.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("admin RPCs need 'authorization: Bearer <admin token>'", reason="ADMIN_TOKEN_MISSING")
-    if not hmac.compare_digest(token.encode(), rt.admin_token.encode()):
-        raise Unauthenticated("admin token is not valid", reason="ADMIN_TOKEN_INVALID")
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def _node_row(node: admin_pb2.MetagraphNode) -> dict:
@@ -41,7 +39,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self.rt = rt
 
     async def UpsertMetagraphNodes(self, request, context):
-        require_admin(self.rt, context)
         v = Violations()
         v.require(len(request.nodes) > 0, "nodes", "at least one node is required")
         seen: set[str] = set()
@@ -58,3 +55,44 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             now = self.rt.clock.now()
             count = await MetagraphRepository(conn).upsert({**_node_row(n), "synced_at": now} for n in request.nodes)
         return admin_pb2.UpsertMetagraphNodesResponse(upserted=count)
+
+    async def CreateUser(self, request, context):
+        v = Violations()
+        v.require(bool(_USERNAME.match(request.username)), "username", "1-64 of [A-Za-z0-9_.-], starting alphanumeric")
+        v.require(not request.HasField("hotkey") or is_ss58(request.hotkey), "hotkey", "must be an SS58 address")
+        v.require(not request.HasField("coldkey") or is_ss58(request.coldkey), "coldkey", "must be an SS58 address")
+        v.raise_if_any()
+        try:
+            async with unit_of_work(self.rt.engine) as conn:
+                user_id = await UserRepository(conn).create_user(
+                    username=request.username,
+                    hotkey=request.hotkey if request.HasField("hotkey") else None,
+                    coldkey=request.coldkey if request.HasField("coldkey") else None,
+                    roles=list(request.roles), now=self.rt.clock.now())
+        except IntegrityError:
+            raise Conflict("a user with this username or hotkey already exists", reason="USER_EXISTS") from None
+        return admin_pb2.CreateUserResponse(user_id=user_id)
+
+    async def CreateApiKey(self, request, context):
+        if not _UUID.match(request.user_id):
+            raise InvalidArgument.field("user_id", "must be a user id (uuid)")
+        secret = api_keys.new_api_key()
+        now = self.rt.clock.now()
+        async with unit_of_work(self.rt.engine) as conn:
+            repo = UserRepository(conn)
+            if await repo.get(request.user_id) is None:
+                raise NotFound(f"no user {request.user_id}", reason="USER_NOT_FOUND")
+            key_id = await repo.create_api_key(user_id=request.user_id, name=request.name,
+                                               key_prefix=api_keys.display_prefix(secret),
+                                               key_hash=api_keys.key_hash(secret), now=now)
+        created = Timestamp()
+        created.FromDatetime(now)
+        return admin_pb2.CreateApiKeyResponse(api_key_id=key_id, secret_key=secret, created_at=created)
+
+    async def RevokeApiKey(self, request, context):
+        if not _UUID.match(request.api_key_id):
+            raise InvalidArgument.field("api_key_id", "must be an API key id (uuid)")
+        async with unit_of_work(self.rt.engine) as conn:
+            if not await UserRepository(conn).revoke_api_key(request.api_key_id, self.rt.clock.now()):
+                raise NotFound(f"no live API key {request.api_key_id}", reason="API_KEY_NOT_FOUND")
+        return admin_pb2.RevokeApiKeyResponse()

@@ -1,7 +1,8 @@
 """Table definitions (SQLAlchemy Core). Alembic migrations under migrations/ create them; keep both in step."""
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Double, Integer, MetaData, String, Table, func
+from sqlalchemy import (ARRAY, BigInteger, Column, DateTime, Double, ForeignKey, Integer, MetaData, String, Table,
+                        func)
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(column_0_label)s",
@@ -33,4 +34,25 @@ metagraph_nodes = Table(
     Column("real_port", Integer, nullable=True),
     Column("synced_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("blacklist_reason", String(1024), nullable=True),
+)
+
+users = Table(
+    "users", metadata,
+    Column("user_id", String(36), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("hotkey", String(64), nullable=True, unique=True),
+    Column("coldkey", String(64), nullable=True),
+    Column("roles", ARRAY(String(64)), nullable=False, server_default="{}"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("api_key_id", String(36), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("key_prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
 )

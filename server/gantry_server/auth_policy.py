@@ -1,0 +1,123 @@
+"""Who may call each RPC: one table, read by the auth interceptor (and nothing else).
+
+Kinds:
+    none          anyone (the handler may still read `current_caller` for the peer IP)
+    hotkey        hotkey signature (v1 purpose or body hash, v2, grpc-v1); `registered` demands the hotkey be in
+                  metagraph_nodes on GANTRY_NETUID; a blacklisted hotkey is always refused
+    user          API key (`authorization: Bearer cpk_...`), or a hotkey signature with `purpose`
+    launch_token  ES256 launch-config JWT whose `sub` is the request's config_id
+    boot_token    `x-boot-token` bound to the hotkey and the request's vm_name (validated, not consumed)
+    nonce         no identity, only a one-time attestation nonce (boot attestation)
+    admin         `authorization: Bearer <admin token>`
+
+`attestation_nonce` (a purpose) adds a one-time attestation nonce from `x-chutes-nonce`, bound to the caller
+IP, consumed before the handler runs. Purposes follow domain-validator.md §1.1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .domain.auth.rate_limit import Limit
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str
+    purpose: str | None = None  # hotkey/user: v1 purpose; None means v1 signs the body hash
+    registered: bool = False
+    attestation_nonce: str | None = None
+    allow_retrieved: bool = False  # launch_token: verify/activate may reuse a retrieved config
+    hotkey_from: str = "metadata"  # boot_token: "metadata" (x-chutes-hotkey) or "request" (request.hotkey)
+    rate_limit: tuple[str, Limit] | None = None  # (bucket, limit) per caller
+
+
+KINDS = frozenset({"none", "hotkey", "user", "launch_token", "boot_token", "nonce", "admin"})
+
+NONE = Policy("none")
+ADMIN = Policy("admin")
+
+
+def hotkey(purpose: str | None, *, registered: bool = False, nonce: str | None = None) -> Policy:
+    return Policy("hotkey", purpose=purpose, registered=registered, attestation_nonce=nonce)
+
+
+def launch(*, allow_retrieved: bool = False, nonce: str | None = None) -> Policy:
+    return Policy("launch_token", allow_retrieved=allow_retrieved, attestation_nonce=nonce)
+
+
+_MINER = hotkey("miner", registered=True)
+_TEE = hotkey("tee")
+
+POLICIES: dict[str, Policy] = {
+    # ops
+    "/gantry.ops.v1.OpsService/GetHealth": NONE,
+    "/gantry.ops.v1.OpsService/GetReady": NONE,
+    "/gantry.ops.v1.OpsService/GetMetrics": NONE,
+    # admin
+    **{f"/gantry.admin.v1.AdminService/{m}": ADMIN for m in (
+        "UpsertChute", "DeleteChute", "UpsertImage", "CreateJob", "CreateUser", "CreateApiKey", "RevokeApiKey",
+        "UpsertMetagraphNodes", "SetBlacklist", "PutMeasurementPolicy", "ListMeasurementPolicies")},
+    # instances (seed 000/002)
+    "/gantry.instances.v1.InstanceService/GetInstanceReconciliationCsv": NONE,
+    "/gantry.instances.v1.InstanceService/GetInstanceComputeHistoryCsv": NONE,
+    "/gantry.instances.v1.InstanceService/GetLaunchConfig": hotkey("launch", registered=True),
+    "/gantry.instances.v1.InstanceService/GetRintNonce": launch(allow_retrieved=True),
+    "/gantry.instances.v1.InstanceService/ClaimTeeLaunchConfig": launch(nonce="instance_verification"),
+    "/gantry.instances.v1.InstanceService/VerifyTeeLaunchConfigInstance": launch(allow_retrieved=True),
+    "/gantry.instances.v1.InstanceService/ValidateTeeLaunchConfigInstance": launch(nonce="boot"),
+    "/gantry.instances.v1.InstanceService/ClaimLaunchConfig": launch(),
+    "/gantry.instances.v1.InstanceService/VerifyLaunchConfigInstance": launch(allow_retrieved=True),
+    "/gantry.instances.v1.InstanceService/ClaimGravalLaunchConfig": launch(),
+    "/gantry.instances.v1.InstanceService/VerifyGravalLaunchConfigInstance": launch(allow_retrieved=True),
+    "/gantry.instances.v1.InstanceService/ActivateLaunchConfigInstance": launch(allow_retrieved=True),
+    "/gantry.instances.v1.InstanceService/GetInstanceNonce": NONE,
+    "/gantry.instances.v1.InstanceService/GetToken": NONE,
+    "/gantry.instances.v1.InstanceService/GetTeeInstanceEvidence": Policy(
+        "user", purpose="chutes", rate_limit=("tee_evidence", Limit(60, 60))),
+    "/gantry.instances.v1.InstanceService/StreamLogs": Policy("user", purpose="logs"),
+    "/gantry.instances.v1.InstanceService/DisableInstance": hotkey("instances", registered=True),
+    "/gantry.instances.v1.InstanceService/DeleteInstance": hotkey("instances", registered=True),
+    "/gantry.instances.v1.InstanceService/CreateInstance": hotkey(None, registered=True),
+    "/gantry.instances.v1.InstanceService/ActivateInstance": hotkey(None, registered=True),
+    # servers (seed 001)
+    "/gantry.servers.v1.ServerService/GetNonce": NONE,
+    "/gantry.servers.v1.ServerService/VerifyBootAttestation": Policy("nonce", attestation_nonce="boot"),
+    "/gantry.servers.v1.ServerService/GetCacheLuksPassphrase": Policy("boot_token", hotkey_from="request"),
+    "/gantry.servers.v1.ServerService/SyncLuksPassphrases": Policy("boot_token", hotkey_from="metadata"),
+    "/gantry.servers.v1.ServerService/CreateServer": hotkey(None, registered=True),
+    "/gantry.servers.v1.ServerService/PatchServerName": _TEE,
+    "/gantry.servers.v1.ServerService/GetServerDetails": _TEE,
+    "/gantry.servers.v1.ServerService/RemoveServer": _TEE,
+    "/gantry.servers.v1.ServerService/GetRuntimeNonce": _TEE,
+    # The reference lists hotkey auth (purpose tee) here as well, but the signature nonce and the attestation
+    # nonce would both need X-Chutes-Nonce. The runtime nonce is only issued to the server's owner (hotkey auth
+    # on GetRuntimeNonce) at the server's IP, so possessing it from that IP is the credential.
+    "/gantry.servers.v1.ServerService/VerifyRuntimeAttestation": Policy("nonce", attestation_nonce="runtime"),
+    "/gantry.servers.v1.ServerService/GetAttestationStatus": _TEE,
+    # miner (seed 003)
+    **{f"/gantry.miner.v1.MinerService/{m}": _MINER for m in (
+        "ListChutes", "ListImages", "ListNodes", "ListServers", "ListInstances", "ListAvailableJobs", "ReleaseJob",
+        "GetFullInventory", "ListActiveInstances", "GetChute", "GetThrashCooldowns", "WatchEvents")},
+    **{f"/gantry.miner.v1.MinerService/{m}": NONE for m in (
+        "GetMetrics", "GetStats", "GetScores", "GetUniqueChuteHistory", "GetMetagraph")},
+    # broker (seed 004): the reference has no authentication; kept open until the broker issue decides.
+    **{f"/gantry.broker.v1.InventoryService/{m}": NONE for m in (
+        "ListOffers", "GetOffer", "ListCompatibleTemplates", "ListOfferHealth")},
+    **{f"/gantry.broker.v1.TemplateService/{m}": NONE for m in ("ListTemplates", "GetTemplate")},
+    **{f"/gantry.broker.v1.SessionService/{m}": NONE for m in (
+        "CreateSession", "ListSessions", "GetSession", "GetSessionDiagnostics", "DoneSession", "ExtendSession",
+        "DestroySession", "WatchSession")},
+    **{f"/gantry.broker.v1.CostService/{m}": NONE for m in ("GetCosts", "GetCostSummary")},
+}
+
+# Infrastructure services outside the product contract.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/")
+
+
+def policy_for(rpc: str) -> Policy | None:
+    """The policy of an RPC; None for an RPC nobody declared (the interceptor refuses it)."""
+    found = POLICIES.get(rpc)
+    if found is None and rpc.startswith(OPEN_PREFIXES):
+        return NONE
+    return found
