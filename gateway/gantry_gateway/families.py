@@ -1,0 +1,93 @@
+"""Legacy behaviour as data: API family per path prefix, success status and special rendering per RPC.
+
+Nothing here is code that runs per endpoint; `app.py` reads these tables. A new legacy quirk is a new row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BROKER = "broker"  # gin: {"error": msg, "request_id": id, ...structured fields}
+VALIDATOR = "validator"  # FastAPI: {"detail": msg} and 422 {"detail": [{"loc", "msg", "type"}]}
+
+# Longest matching prefix wins; Gantry's own /admin/v1/ uses the broker-style body.
+FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("/api/v1/", BROKER),
+    ("/admin/v1/", BROKER),
+    ("/health", BROKER),
+    ("/ready", BROKER),
+    ("/metrics", BROKER),
+    ("/openapi.json", BROKER),
+    ("/instances", VALIDATOR),
+    ("/servers", VALIDATOR),
+    ("/miner", VALIDATOR),
+)
+DEFAULT_FAMILY = BROKER
+
+
+def family_of(path: str) -> str:
+    best, best_len = DEFAULT_FAMILY, -1
+    for prefix, family in FAMILY_PREFIXES:
+        if path.startswith(prefix) and len(prefix) > best_len:
+            best, best_len = family, len(prefix)
+    return best
+
+
+# Success status per RPC (full name); everything else answers 200.
+SUCCESS_STATUS: dict[str, int] = {
+    "gantry.servers.v1.ServerService.CreateServer": 201,
+    "gantry.broker.v1.SessionService.CreateSession": 201,
+    "gantry.instances.v1.InstanceService.CreateInstance": 202,
+}
+
+# Unary renderings other than JSON of the message (or of its response_body field).
+TEXT = "text"  # the response_body string field as text/plain
+RAW = "raw"  # a (content_type, body) pair of fields written as they are
+JSON = "json"  # default
+
+
+@dataclass(frozen=True)
+class Unary:
+    kind: str = JSON
+    content_type_field: str = ""  # RAW: field holding the content type
+    body_field: str = ""  # RAW: field holding the bytes
+    # (field, value) -> HTTP status: the legacy 503 of /health and /ready is a successful RPC.
+    status_when: tuple[tuple[str, object, int], ...] = ()
+
+
+UNARY: dict[str, Unary] = {
+    "gantry.instances.v1.InstanceService.GetRintNonce": Unary(TEXT),
+    "gantry.ops.v1.OpsService.GetMetrics": Unary(RAW, content_type_field="content_type", body_field="body"),
+    "gantry.ops.v1.OpsService.GetHealth": Unary(status_when=(("status", "unavailable", 503),)),
+    "gantry.ops.v1.OpsService.GetReady": Unary(status_when=(("ready", False, 503),)),
+    # GetInstanceNonce (bare JSON string) and ReleaseJob (JSON null) need no row: response_body does it.
+}
+
+# Server-streaming framings.
+SSE_ROWS = "sse_rows"  # data: {json}\n\n per row (miner lists)
+SSE_LOG = "sse_log"  # data: {"log": "..."}\n\n
+CSV = "csv"  # bytes chunks concatenated, text/csv attachment
+NDJSON = "ndjson"  # one JSON value per line (default)
+
+
+@dataclass(frozen=True)
+class Stream:
+    framing: str = NDJSON
+    filename: str = ""  # CSV attachment name
+    # explicit_null: request field that asks for `data: NO_ITEMS\n` when the stream is empty.
+    empty_marker_field: str = ""
+
+
+_MINER = "gantry.miner.v1.MinerService."
+STREAMS: dict[str, Stream] = {
+    _MINER + "ListChutes": Stream(SSE_ROWS),
+    _MINER + "ListImages": Stream(SSE_ROWS),
+    _MINER + "ListNodes": Stream(SSE_ROWS),
+    _MINER + "ListInstances": Stream(SSE_ROWS, empty_marker_field="explicit_null"),
+    _MINER + "ListAvailableJobs": Stream(SSE_ROWS),
+    _MINER + "GetMetrics": Stream(SSE_ROWS),
+    "gantry.instances.v1.InstanceService.StreamLogs": Stream(SSE_LOG),
+    "gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv": Stream(CSV, "audit-reconciliation.csv"),
+    "gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv": Stream(CSV, "compute-history.csv"),
+}
+
+NO_ITEMS = b"data: NO_ITEMS\n"
