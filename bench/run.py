@@ -103,7 +103,8 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="gantry-bench-"))
     addr = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if k.startswith(("GANTRY_DATABASE", "GANTRY_REDIS")) or not k.startswith("GANTRY_")}
-    env.update(GANTRY_GRPC_ADDR=addr, GANTRY_DATA_DIR=str(data_dir), GANTRY_ADMIN_TOKEN="bench")
+    env.update(GANTRY_GRPC_ADDR=addr, GANTRY_HTTP_ADDR=f"127.0.0.1:{free_port()}", GANTRY_DATA_DIR=str(data_dir),
+               GANTRY_ADMIN_TOKEN="bench")
     log = open(data_dir / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "gantry_server.cli", "serve"], env=env, stderr=log)
     rows = []

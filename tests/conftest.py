@@ -69,7 +69,12 @@ async def redis(redis_url):
     await client.aclose()
 
 
+TEST_KEK = "dGVzdC1rZWstMzItYnl0ZXMtbG9uZy0wMTIzNDU2Nzg="  # base64 of 32 bytes; tests only
+
+
 def make_settings(database_url: str, redis_url: str, tmp_path: Path, **changes) -> Settings:
+    changes.setdefault("kek", TEST_KEK)
+    changes.setdefault("http_addr", "127.0.0.1:0")  # REST gateway on an ephemeral port (app.http_addr)
     return Settings(grpc_addr="127.0.0.1:0", database_url=database_url, redis_url=redis_url,
                     data_dir=tmp_path, admin_token="test-admin-token", **changes)
 

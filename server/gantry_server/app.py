@@ -19,8 +19,11 @@ from redis.asyncio import Redis
 
 from . import embedded
 from .clock import Clock, SystemClock
-from .config import Settings
+from .config import ConfigError, Settings
+from .domain.secrets_at_rest import Keyring, SecretsError, load_keyring
 from .interceptors import ObservabilityInterceptor
+from .interceptors.auth import AuthInterceptor
+from .interceptors.chain import instrument
 from .runtime import Runtime
 from .services.registry import SERVICES
 from .store import db, migrate
@@ -46,6 +49,14 @@ def _admin_token(settings: Settings) -> str | None:
     return path.read_text().strip()
 
 
+def _keyring(settings: Settings) -> Keyring:
+    """The KEK for secrets at rest; a non-embedded run without GANTRY_KEK stops here with one line."""
+    try:
+        return load_keyring(settings.kek, settings.kek_previous, Path(settings.data_dir), embedded=settings.embedded)
+    except SecretsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 async def _check_redis(client: Redis, url: str) -> None:
     try:
         async with asyncio.timeout(10):
@@ -66,8 +77,9 @@ class GantryApp:
         self.grpc_port: int | None = None
         # The one interceptor chain (outermost first), shared with the REST gateway, which dispatches
         # in-process through the same chain so both faces behave identically.
-        self.interceptors: list = [ObservabilityInterceptor()]
+        self.interceptors: list = [ObservabilityInterceptor(), AuthInterceptor(lambda: self.rt)]
         self.servicers: dict[str, object] = {}  # service full name -> servicer instance
+        self.http = None  # the REST gateway (gantry_gateway.HttpServer), same event loop and servicers
 
     async def start(self) -> None:
         """Start everything; on any failure undo what was started and re-raise."""
@@ -87,12 +99,12 @@ class GantryApp:
         redis_url = s.redis_url or self.embedded.redis_url
         engine = db.create_engine(database_url, pool_size=s.db_pool_size)
         redis = Redis.from_url(redis_url)
-        self.rt = Runtime(settings=s, engine=engine, redis=redis, clock=self.clock, admin_token=_admin_token(s))
+        self.rt = Runtime(settings=s, engine=engine, redis=redis, clock=self.clock, admin_token=_admin_token(s),
+                          keyring=_keyring(s))
         await db.check_reachable(engine)
         await _check_redis(redis, redis_url)
 
         self.server = aio.server(
-            interceptors=self.interceptors,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -101,19 +113,26 @@ class GantryApp:
         )
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         for spec in SERVICES:
-            servicer = spec.servicer_class()(self.rt)
+            servicer = instrument(spec.servicer_class()(self.rt), spec.descriptor, self.interceptors)
             self.servicers[spec.full_name] = servicer
             spec.add_to_server(servicer, self.server)
             names.append(spec.full_name)
             await self.health.set(spec.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(
+            instrument(self.health, health_pb2.DESCRIPTOR.services_by_name["Health"], self.interceptors), self.server)
         reflection.enable_server_reflection(names, self.server)
         self.grpc_port = self.server.add_insecure_port(s.grpc_addr)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on GANTRY_GRPC_ADDR={s.grpc_addr}")
         await self.server.start()
         log.info("grpc listening", extra={"addr": self.grpc_addr})
+        if s.http_addr:  # before migrations, so /health answers 503 (not "connection refused") while starting
+            from gantry_gateway import HttpServer, in_process_gateway
+
+            self.http = HttpServer(in_process_gateway(self, max_body_bytes=s.http_max_body_bytes), s.http_addr)
+            await self.http.start()
+            log.info("http listening", extra={"addr": self.http_addr})
 
         if s.migrate_on_start:
             await migrate.upgrade(engine)
@@ -129,12 +148,19 @@ class GantryApp:
         host = self.settings.grpc_addr.rpartition(":")[0]
         return f"{host}:{self.grpc_port}"
 
+    @property
+    def http_addr(self) -> str | None:
+        return self.http.bound_addr if self.http is not None else None
+
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         if self.rt is not None:
             self.rt.state.ready = False
             self.rt.state.lifecycle_running = False
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:  # REST first: no new calls reach servicers while gRPC drains
+            await self.http.stop(grace)
+            self.http = None
         was_serving = self.server is not None
         if self.server is not None:
             await self.server.stop(grace)

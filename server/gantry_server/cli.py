@@ -42,8 +42,27 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     print(f"gantry: serving gRPC on {app.grpc_addr}", file=sys.stderr, flush=True)
+    if app.http_addr:
+        print(f"gantry: serving REST on {app.http_addr}", file=sys.stderr, flush=True)
     await stop.wait()
     await app.stop()
+
+
+async def _gateway(settings: Settings, upstream: str) -> None:
+    """The REST gateway alone, in front of a remote gRPC server."""
+    from gantry_gateway import HttpServer, remote_gateway
+
+    gateway = remote_gateway(upstream, max_body_bytes=settings.http_max_body_bytes)
+    http = HttpServer(gateway, settings.http_addr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await http.start()
+    print(f"gantry: serving REST on {http.bound_addr} -> gRPC {upstream}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await http.stop(settings.shutdown_grace_seconds)
+    await gateway.dispatcher.close()
 
 
 async def _migrate(settings: Settings, revision: str) -> None:
@@ -73,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gantry", description="Gantry control plane")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gRPC server (embedded PostgreSQL/Redis when no URL is configured)")
+    gw = sub.add_parser("gateway", help="run only the REST gateway in front of a remote gRPC server")
+    gw.add_argument("--upstream", required=True, help="host:port of the gRPC server")
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("revision", nargs="?", default="head", help="target revision (default head; -1 steps down)")
     args = parser.parse_args(argv)
@@ -85,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             _run(_serve(settings))
+        elif args.command == "gateway":
+            _run(_gateway(settings, args.upstream))
         elif args.command == "migrate":
             _run(_migrate(settings, args.revision))
     except (DatabaseUnreachable, RedisUnreachable, ConfigError) as exc:

@@ -38,10 +38,26 @@ def _addr(name: str, raw: str) -> str:
     return raw
 
 
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    import ipaddress
+
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name} must be a comma list of IP addresses or networks, got {part!r}") from None
+        out.append(part)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Settings:
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8080"
+    http_max_body_bytes: int = 1 << 20  # REST gateway: larger bodies get 413
     database_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("gantry")))
@@ -53,6 +69,9 @@ class Settings:
     admin_token: str | None = None
     db_pool_size: int = 10
     netuid: int = 64
+    kek: str | None = field(default=None, repr=False)  # base64 of 32 bytes; never logged
+    kek_previous: tuple[str, ...] = field(default=(), repr=False)
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def embedded(self) -> bool:
@@ -71,6 +90,10 @@ class Settings:
             kw["grpc_addr"] = _addr("GANTRY_GRPC_ADDR", v)
         if v := get("GANTRY_HTTP_ADDR"):
             kw["http_addr"] = _addr("GANTRY_HTTP_ADDR", v)
+        if v := get("GANTRY_HTTP_MAX_BODY_BYTES"):
+            if not v.isdigit() or int(v) < 1:
+                raise ConfigError(f"GANTRY_HTTP_MAX_BODY_BYTES must be a positive integer, got {v!r}")
+            kw["http_max_body_bytes"] = int(v)
         if v := get("GANTRY_DATABASE_URL"):
             if not v.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
                 raise ConfigError(f"GANTRY_DATABASE_URL must be a postgresql:// URL, got scheme {v.split(':', 1)[0]!r}")
@@ -99,4 +122,10 @@ class Settings:
             kw["netuid"] = int(v)
         if v := get("GANTRY_ADMIN_TOKEN"):
             kw["admin_token"] = v
+        if v := get("GANTRY_KEK"):
+            kw["kek"] = v
+        if v := get("GANTRY_KEK_PREVIOUS"):
+            kw["kek_previous"] = tuple(p.strip() for p in v.split(",") if p.strip())
+        if v := get("GANTRY_TRUSTED_PROXIES"):
+            kw["trusted_proxies"] = _networks("GANTRY_TRUSTED_PROXIES", v)
         return cls(**kw)

@@ -13,6 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ..conftest import TEST_KEK
+
 GANTRY = [sys.executable, "-m", "gantry_server.cli"]
 
 
@@ -24,7 +26,8 @@ def _free_port() -> int:
 
 def _env(tmp_path: Path, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
-    env.update(GANTRY_DATA_DIR=str(tmp_path), GANTRY_LOG_FORMAT="json", **extra)
+    env.update(GANTRY_DATA_DIR=str(tmp_path), GANTRY_LOG_FORMAT="json", GANTRY_KEK=TEST_KEK,
+               GANTRY_HTTP_ADDR=f"127.0.0.1:{_free_port()}", **extra)
     return env
 
 
