@@ -72,3 +72,30 @@ async def test_admin_rpcs_need_the_admin_token(channel, clean_db, metadata, code
             admin_pb2.UpsertMetagraphNodesRequest(nodes=[node(ALICE, 1)]), metadata=metadata)
     assert err.value.code() == code
     assert "admin" in err.value.details()
+
+
+async def test_blacklist_is_set_shown_and_cleared(channel, clean_db):
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    miner = miner_pb2_grpc.MinerServiceStub(channel)
+    await admin.UpsertMetagraphNodes(admin_pb2.UpsertMetagraphNodesRequest(nodes=[node(ALICE, 3)]),
+                                     metadata=ADMIN_METADATA)
+    set_ = await admin.SetBlacklist(admin_pb2.SetBlacklistRequest(hotkey=ALICE, reason="weight copying"),
+                                    metadata=ADMIN_METADATA)
+    assert set_.blacklist_reason == "weight copying"
+    graph = await miner.GetMetagraph(miner_pb2.GetMetagraphRequest())
+    assert graph.items[0].blacklist_reason == "weight copying"
+
+    cleared = await admin.SetBlacklist(admin_pb2.SetBlacklistRequest(hotkey=ALICE, reason=""), metadata=ADMIN_METADATA)
+    assert not cleared.HasField("blacklist_reason")
+    graph = await miner.GetMetagraph(miner_pb2.GetMetagraphRequest())
+    assert not graph.items[0].HasField("blacklist_reason")
+
+
+async def test_blacklisting_an_unknown_or_malformed_hotkey_is_refused(channel, clean_db):
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.SetBlacklist(admin_pb2.SetBlacklistRequest(hotkey=BOB, reason="x"), metadata=ADMIN_METADATA)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.SetBlacklist(admin_pb2.SetBlacklistRequest(hotkey="nope", reason="x"), metadata=ADMIN_METADATA)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hotkey" in err.value.details()

@@ -56,6 +56,21 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             count = await MetagraphRepository(conn).upsert({**_node_row(n), "synced_at": now} for n in request.nodes)
         return admin_pb2.UpsertMetagraphNodesResponse(upserted=count)
 
+    async def SetBlacklist(self, request, context):
+        """Blacklisted hotkeys are refused by every hotkey-authenticated RPC (auth reads metagraph_nodes)."""
+        v = Violations()
+        v.require(is_ss58(request.hotkey), "hotkey", "must be an SS58 address")
+        v.require(len(request.reason) <= 1024, "reason", "must be at most 1024 characters")
+        v.raise_if_any()
+        reason = request.reason.strip() or None
+        async with unit_of_work(self.rt.engine) as conn:
+            if not await MetagraphRepository(conn).set_blacklist(request.hotkey, reason):
+                raise NotFound(f"hotkey {request.hotkey} is not in the metagraph")
+        response = admin_pb2.SetBlacklistResponse(hotkey=request.hotkey)
+        if reason:
+            response.blacklist_reason = reason
+        return response
+
     async def CreateUser(self, request, context):
         v = Violations()
         v.require(bool(_USERNAME.match(request.username)), "username", "1-64 of [A-Za-z0-9_.-], starting alphanumeric")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,3 +40,8 @@ class MetagraphRepository:
     async def get(self, hotkey: str) -> RowMapping | None:
         result = await self.conn.execute(select(t).where(t.c.hotkey == hotkey))
         return result.mappings().first()
+
+    async def set_blacklist(self, hotkey: str, reason: str | None) -> bool:
+        """Set (or clear, with None) a hotkey's blacklist reason; False when the hotkey is unknown."""
+        result = await self.conn.execute(update(t).where(t.c.hotkey == hotkey).values(blacklist_reason=reason))
+        return result.rowcount == 1
