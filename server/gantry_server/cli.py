@@ -91,6 +91,12 @@ async def _migrate(settings: Settings, revision: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gantry", description="Gantry control plane")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("admin", help="operator commands against a running server over gRPC (gantry admin --help)")
+    rest = sys.argv[1:] if argv is None else list(argv)
+    if rest[:1] == ["admin"]:  # its own parser and exit codes, and no server settings needed
+        from . import admin_cli
+
+        return admin_cli.main(rest[1:])
     sub.add_parser("serve", help="run the gRPC server (embedded PostgreSQL/Redis when no URL is configured)")
     gw = sub.add_parser("gateway", help="run only the REST gateway in front of a remote gRPC server")
     gw.add_argument("--upstream", required=True, help="host:port of the gRPC server")

@@ -1,0 +1,220 @@
+"""`gantry admin ...`: operator commands against a running server, over gRPC (AdminService).
+
+    gantry admin user create --username alice [--hotkey 5F...] [--coldkey 5F...]
+    gantry admin apikey create USER_ID [--name laptop]        # prints the secret once
+    gantry admin apikey revoke KEY_ID
+    gantry admin metagraph upsert --hotkey 5F... --uid 7 [--netuid 64] [--coldkey 5F...]
+    gantry admin blacklist set HOTKEY REASON
+    gantry admin blacklist clear HOTKEY
+
+Common options (before or after the command): `--addr` (GANTRY_GRPC_ADDR, default 127.0.0.1:50051), `--token`
+(GANTRY_ADMIN_TOKEN, else GANTRY_DATA_DIR/admin_token as the embedded default writes it), `--json` (one JSON
+object on stdout for scripts; otherwise a short table), `--timeout` seconds.
+
+Exit codes: 0 done; 1 the server refused or could not be reached (one line on stderr: gRPC code and message);
+2 usage (one line on stderr). `amain(argv)` is the same command as a coroutine, for callers already running an
+event loop (tests run the server on theirs).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from gantry.admin.v1 import admin_pb2, admin_pb2_grpc
+from gantry_client import connect
+
+PROG = "gantry admin"
+DEFAULT_ADDR = "127.0.0.1:50051"
+EXIT_OK, EXIT_RPC, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command line the CLI cannot run (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """The shared options, accepted before or after the command (leaf copies default to SUPPRESS)."""
+    p = _Parser(add_help=False)
+    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    p.add_argument("--addr", default=d(None), help="server host:port (GANTRY_GRPC_ADDR, default 127.0.0.1:50051)")
+    p.add_argument("--token", default=d(None), help="admin token (GANTRY_ADMIN_TOKEN, GANTRY_DATA_DIR/admin_token)")
+    p.add_argument("--json", action="store_true", default=d(False), help="print one JSON object")
+    p.add_argument("--timeout", type=float, default=d(30.0), help="seconds per RPC (default 30)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    leaf = [_common(defaults=False)]
+    parser = _Parser(prog=PROG, description="Operator commands against a running Gantry server (AdminService).",
+                     parents=[_common(defaults=True)])
+    areas = parser.add_subparsers(dest="area", required=True, metavar="{user,apikey,metagraph,blacklist}")
+
+    user = areas.add_parser("user", help="users").add_subparsers(dest="action", required=True)
+    p = user.add_parser("create", parents=leaf, help="create a user")
+    p.add_argument("--username", required=True)
+    p.add_argument("--hotkey", help="SS58 hotkey the user signs with")
+    p.add_argument("--coldkey", help="SS58 coldkey")
+
+    key = areas.add_parser("apikey", help="API keys").add_subparsers(dest="action", required=True)
+    p = key.add_parser("create", parents=leaf, help="issue an API key (the secret is printed once)")
+    p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument("--name", default="", help="a label for the key")
+    p = key.add_parser("revoke", parents=leaf, help="revoke an API key")
+    p.add_argument("key_id", metavar="KEY_ID")
+
+    graph = areas.add_parser("metagraph", help="metagraph nodes").add_subparsers(dest="action", required=True)
+    p = graph.add_parser("upsert", parents=leaf, help="add or update one node")
+    p.add_argument("--hotkey", required=True)
+    p.add_argument("--uid", type=int, required=True, help="the node's uid on the subnet")
+    p.add_argument("--netuid", type=int, default=64)
+    p.add_argument("--coldkey", default="")
+
+    black = areas.add_parser("blacklist", help="hotkey blacklist").add_subparsers(dest="action", required=True)
+    p = black.add_parser("set", parents=leaf, help="blacklist a hotkey with a reason shown to its miner")
+    p.add_argument("hotkey", metavar="HOTKEY")
+    p.add_argument("reason", metavar="REASON")
+    p = black.add_parser("clear", parents=leaf, help="lift a hotkey's blacklist")
+    p.add_argument("hotkey", metavar="HOTKEY")
+    return parser
+
+
+def _data_dir() -> Path:
+    configured = os.environ.get("GANTRY_DATA_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("gantry"))
+
+
+def resolve_token(flag: str | None) -> str:
+    """--token, else GANTRY_ADMIN_TOKEN, else the embedded default's GANTRY_DATA_DIR/admin_token."""
+    if flag:
+        return flag
+    if os.environ.get("GANTRY_ADMIN_TOKEN"):
+        return os.environ["GANTRY_ADMIN_TOKEN"]
+    path = _data_dir() / "admin_token"
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        token = ""
+    if not token:
+        raise UsageError(f"no admin token: pass --token, set GANTRY_ADMIN_TOKEN, or run the embedded server that "
+                         f"writes {path}")
+    return token
+
+
+# -- commands: each returns the rows it shows ------------------------------------------------------------------
+async def _user_create(stub, args, timeout):
+    request = admin_pb2.CreateUserRequest(username=args.username)
+    if args.hotkey:
+        request.hotkey = args.hotkey
+    if args.coldkey:
+        request.coldkey = args.coldkey
+    response = await stub.CreateUser(request, timeout=timeout)
+    return {"user_id": response.user_id, "username": args.username, "hotkey": args.hotkey}
+
+
+async def _apikey_create(stub, args, timeout):
+    response = await stub.CreateApiKey(admin_pb2.CreateApiKeyRequest(user_id=args.user_id, name=args.name),
+                                       timeout=timeout)
+    return {"api_key_id": response.api_key_id, "secret_key": response.secret_key, "user_id": args.user_id,
+            "name": args.name, "created_at": response.created_at.ToJsonString()}
+
+
+async def _apikey_revoke(stub, args, timeout):
+    await stub.RevokeApiKey(admin_pb2.RevokeApiKeyRequest(api_key_id=args.key_id), timeout=timeout)
+    return {"api_key_id": args.key_id, "revoked": True}
+
+
+async def _metagraph_upsert(stub, args, timeout):
+    node = admin_pb2.MetagraphNode(hotkey=args.hotkey, node_id=args.uid, netuid=args.netuid, coldkey=args.coldkey)
+    response = await stub.UpsertMetagraphNodes(admin_pb2.UpsertMetagraphNodesRequest(nodes=[node]), timeout=timeout)
+    return {"hotkey": args.hotkey, "uid": args.uid, "netuid": args.netuid, "upserted": response.upserted}
+
+
+async def _blacklist(stub, hotkey: str, reason: str, timeout):
+    response = await stub.SetBlacklist(admin_pb2.SetBlacklistRequest(hotkey=hotkey, reason=reason), timeout=timeout)
+    return {"hotkey": response.hotkey,
+            "blacklist_reason": response.blacklist_reason if response.HasField("blacklist_reason") else None}
+
+
+async def _blacklist_set(stub, args, timeout):
+    if not args.reason.strip():
+        raise UsageError("REASON must not be empty (use 'gantry admin blacklist clear HOTKEY' to lift a blacklist)")
+    return await _blacklist(stub, args.hotkey, args.reason, timeout)
+
+
+async def _blacklist_clear(stub, args, timeout):
+    return await _blacklist(stub, args.hotkey, "", timeout)
+
+
+COMMANDS = {
+    ("user", "create"): _user_create,
+    ("apikey", "create"): _apikey_create,
+    ("apikey", "revoke"): _apikey_revoke,
+    ("metagraph", "upsert"): _metagraph_upsert,
+    ("blacklist", "set"): _blacklist_set,
+    ("blacklist", "clear"): _blacklist_clear,
+}
+
+
+def _table(row: dict) -> str:
+    width = max(len(k) for k in row)
+    shown = {k: "-" if v is None or v == "" else str(v).lower() if isinstance(v, bool) else str(v)
+             for k, v in row.items()}
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in shown.items())
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+async def amain(argv: list[str] | None = None) -> int:
+    """Run one admin command; returns the exit code (never raises for usage or RPC errors)."""
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    try:
+        token = resolve_token(args.token)
+        addr = args.addr or os.environ.get("GANTRY_GRPC_ADDR") or DEFAULT_ADDR
+        async with connect(addr, admin_token=token) as channel:
+            row = await COMMANDS[(args.area, args.action)](admin_pb2_grpc.AdminServiceStub(channel), args,
+                                                           args.timeout)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except grpc.aio.AioRpcError as exc:
+        return _fail(f"{exc.code().name}: {exc.details() or ''}", EXIT_RPC)
+    if args.json:
+        print(json.dumps(row))
+    else:
+        print(_table(row))
+        if "secret_key" in row:
+            print(f"{PROG}: the secret key is shown only this once; store it now", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return asyncio.run(amain(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
