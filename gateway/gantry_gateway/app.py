@@ -33,6 +33,8 @@ DEFAULT_MAX_BODY = 1 << 20  # 1 MiB, as the broker reference
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _FORWARDED = frozenset(h.encode() for h in FORWARDED_HEADERS)
 
+_BODY_VERBS = frozenset({"POST", "PUT", "PATCH"})  # methods whose raw body is hashed for signatures
+
 
 def _printable_ascii(value: bytes) -> bool:
     return all(0x20 <= b < 0x7F for b in value)
@@ -197,7 +199,8 @@ class Gateway:
         md.append((REQUEST_ID, rid))
         md.append((HTTP_METHOD, verb))
         md.append((HTTP_PATH, path if _printable_ascii(path.encode("latin-1", "replace")) else raw_path))
-        md.append((BODY_SHA256, hashlib.sha256(body).hexdigest()))
+        # As the reference's middleware: only POST/PUT/PATCH bodies are hashed; others sign '' under v2.
+        md.append((BODY_SHA256, hashlib.sha256(body).hexdigest() if verb in _BODY_VERBS else ""))
         return tuple(md)
 
     # ------------------------------------------------------------------ response side

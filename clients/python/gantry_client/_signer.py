@@ -113,9 +113,9 @@ class Signer:
         return f"{self.hotkey}:{nonce}:{_sha256_hex(body)}"
 
     def v2_message(self, method: str, path: str, body: bytes | None, nonce: str) -> str:
-        """`path` as sent, with "?query" when there is one. `body=None` signs an empty hash (''); bytes, even
-        b"", sign their SHA-256 (Gantry's REST gateway hashes every body, the empty one included)."""
-        body_hash = "" if body is None else _sha256_hex(body)
+        """`path` as sent, with "?query" when there is one. As the reference (and Gantry's gateway) does, only
+        POST/PUT/PATCH bodies are hashed, the empty one included; other methods sign an empty hash ('')."""
+        body_hash = _sha256_hex(body or b"") if method.upper() in {"POST", "PUT", "PATCH"} else ""
         return f"v2:{self.hotkey}:{method.upper()}:{path}:{nonce}:{body_hash}"
 
     def grpc_message(self, rpc: str, request, nonce: str) -> str:
@@ -138,7 +138,7 @@ class Signer:
         nonce = nonce or self.v1_nonce()
         return self._headers(self.v1_body_message(body, nonce), nonce, None)
 
-    def v2_headers(self, method: str, path: str, body: bytes | None = b"", *, nonce: str | None = None
+    def v2_headers(self, method: str, path: str, body: bytes | None = None, *, nonce: str | None = None
                    ) -> dict[str, str]:
         """Headers of a REST call signed v2 (single-use nonce: sign every request anew)."""
         nonce = nonce or self.v2_nonce()
