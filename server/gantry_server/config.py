@@ -54,6 +54,31 @@ def _networks(name: str, raw: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class BrokerSettings:
+    """The broker face (seed 004): which providers, their credentials, and the lifecycle's clocks."""
+
+    providers: tuple[str, ...] = ("simulated",)  # any of vastai, tensordock, simulated
+    deployment_id: str | None = None  # labels our instances; generated and kept in the data dir when unset
+    vastai_api_key: str | None = field(default=None, repr=False)
+    vastai_base_url: str = "https://console.vast.ai/api/v0"
+    tensordock_api_token: str | None = field(default=None, repr=False)
+    tensordock_auth_id: str | None = field(default=None, repr=False)
+    tensordock_base_url: str = "https://dashboard.tensordock.com/api/v2"
+    simulated_offer_count: int = 24
+    simulated_boot_seconds: float = 1.0  # a simulated instance accepts SSH this long after create
+    ssh_verify_timeout_minutes: int = 10  # default provisioning deadline (per session: 1..30)
+    hard_max_hours: int = 12
+    lifecycle_interval_seconds: float = 15.0
+    reconcile_interval_seconds: float = 120.0
+    ghost_grace_minutes: int = 10  # a running/provisioning session younger than this is never a ghost
+    reconcile_misses: int = 3  # consecutive listings without the instance (or session) before acting
+    idle_probe_interval_seconds: float = 60.0
+    preserve_hours: int = 72  # storage_policy "preserve": how long a stopped instance's disk is kept
+    shutdown_policy: str = "keep"  # SIGTERM: "keep" instances running (sessions resume) or "destroy" them
+    inventory_ttl_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8080"
@@ -72,6 +97,7 @@ class Settings:
     kek: str | None = field(default=None, repr=False)  # base64 of 32 bytes; never logged
     kek_previous: tuple[str, ...] = field(default=(), repr=False)
     trusted_proxies: tuple[str, ...] = ()
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
 
     @property
     def embedded(self) -> bool:
@@ -128,4 +154,61 @@ class Settings:
             kw["kek_previous"] = tuple(p.strip() for p in v.split(",") if p.strip())
         if v := get("GANTRY_TRUSTED_PROXIES"):
             kw["trusted_proxies"] = _networks("GANTRY_TRUSTED_PROXIES", v)
+        kw["broker"] = _broker_from_env(get)
         return cls(**kw)
+
+
+_PROVIDERS = ("vastai", "tensordock", "simulated")
+
+
+def _positive(name: str, raw: str, cast=float):
+    try:
+        value = cast(raw)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def _broker_from_env(get) -> BrokerSettings:
+    """Broker settings; a listed provider without its credentials stops the start (no silent demo mode)."""
+    kw: dict = {}
+    if v := get("GANTRY_BROKER_PROVIDERS"):
+        names = tuple(p.strip().lower() for p in v.split(",") if p.strip())
+        unknown = [n for n in names if n not in _PROVIDERS]
+        if unknown or len(set(names)) != len(names):
+            raise ConfigError(f"GANTRY_BROKER_PROVIDERS must be a comma list of {', '.join(_PROVIDERS)} "
+                              f"without repeats, got {v!r}")
+        kw["providers"] = names
+    for env_name, key in (("GANTRY_DEPLOYMENT_ID", "deployment_id"), ("GANTRY_VASTAI_API_KEY", "vastai_api_key"),
+                          ("GANTRY_VASTAI_BASE_URL", "vastai_base_url"),
+                          ("GANTRY_TENSORDOCK_API_TOKEN", "tensordock_api_token"),
+                          ("GANTRY_TENSORDOCK_AUTH_ID", "tensordock_auth_id"),
+                          ("GANTRY_TENSORDOCK_BASE_URL", "tensordock_base_url")):
+        if v := get(env_name):
+            kw[key] = v
+    if (dep := kw.get("deployment_id")) is not None and not all(c.isalnum() or c in "-_" for c in dep):
+        raise ConfigError(f"GANTRY_DEPLOYMENT_ID may hold only letters, digits, '-' and '_', got {dep!r}")
+    for env_name, key, cast in (
+            ("GANTRY_BROKER_SIMULATED_OFFERS", "simulated_offer_count", int),
+            ("GANTRY_BROKER_SIMULATED_BOOT_SECONDS", "simulated_boot_seconds", float),
+            ("GANTRY_BROKER_SSH_VERIFY_TIMEOUT_MINUTES", "ssh_verify_timeout_minutes", int),
+            ("GANTRY_BROKER_LIFECYCLE_INTERVAL_SECONDS", "lifecycle_interval_seconds", float),
+            ("GANTRY_BROKER_RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", float),
+            ("GANTRY_BROKER_IDLE_PROBE_INTERVAL_SECONDS", "idle_probe_interval_seconds", float),
+            ("GANTRY_BROKER_PRESERVE_HOURS", "preserve_hours", int),
+            ("GANTRY_BROKER_INVENTORY_TTL_SECONDS", "inventory_ttl_seconds", float)):
+        if v := get(env_name):
+            kw[key] = _positive(env_name, v, cast)
+    if v := get("GANTRY_BROKER_SHUTDOWN_POLICY"):
+        if v not in {"keep", "destroy"}:
+            raise ConfigError(f"GANTRY_BROKER_SHUTDOWN_POLICY must be keep or destroy, got {v!r}")
+        kw["shutdown_policy"] = v
+    providers = kw.get("providers", BrokerSettings.providers)
+    if "vastai" in providers and not kw.get("vastai_api_key"):
+        raise ConfigError("GANTRY_BROKER_PROVIDERS lists vastai but GANTRY_VASTAI_API_KEY is not set")
+    if "tensordock" in providers and not (kw.get("tensordock_api_token") and kw.get("tensordock_auth_id")):
+        raise ConfigError("GANTRY_BROKER_PROVIDERS lists tensordock but GANTRY_TENSORDOCK_API_TOKEN and "
+                          "GANTRY_TENSORDOCK_AUTH_ID are not both set")
+    return BrokerSettings(**kw)

@@ -1,0 +1,1 @@
+"""GPU provider adapters (Vast.ai, TensorDock, simulated) behind one interface: providers.base.GpuProvider."""
