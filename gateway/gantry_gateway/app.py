@@ -217,7 +217,11 @@ class Gateway:
             ctype = getattr(response, spec.content_type_field) or "application/octet-stream"
             body = getattr(response, spec.body_field)
             return status, [(b"content-type", ctype.encode())], body if isinstance(body, bytes) else body.encode()
-        return status, [(b"content-type", b"application/json")], orjson.dumps(ep.render(response))
+        body = ep.render(response)
+        if spec.keys_by_presence is not None:
+            field, when_set, when_unset = spec.keys_by_presence
+            body = {k: body[k] for k in (when_set if response.HasField(field) else when_unset)}
+        return status, [(b"content-type", b"application/json")], orjson.dumps(body)
 
     async def _fail(self, send, family: str, rid: str, failure: Failure) -> None:
         await self._send(send, rid, *render_error(failure, family, rid))

@@ -52,6 +52,8 @@ class Unary:
     body_field: str = ""  # RAW: field holding the bytes
     # (field, value) -> HTTP status: the legacy 503 of /health and /ready is a successful RPC.
     status_when: tuple[tuple[str, object, int], ...] = ()
+    # One message, two legacy bodies: (optional field, keys kept when it is set, keys kept when it is not).
+    keys_by_presence: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None
 
 
 UNARY: dict[str, Unary] = {
@@ -59,6 +61,10 @@ UNARY: dict[str, Unary] = {
     "gantry.ops.v1.OpsService.GetMetrics": Unary(RAW, content_type_field="content_type", body_field="body"),
     "gantry.ops.v1.OpsService.GetHealth": Unary(status_when=(("status", "unavailable", 503),)),
     "gantry.ops.v1.OpsService.GetReady": Unary(status_when=(("ready", False, 503),)),
+    "gantry.broker.v1.CostService.GetCosts": Unary(keys_by_presence=(
+        "session_id", ("session_id", "total_cost", "currency"),
+        ("consumer_id", "total_cost", "session_count", "hours_used", "by_provider", "by_gpu_type", "period_start",
+         "period_end", "currency"))),
     # GetInstanceNonce (bare JSON string) and ReleaseJob (JSON null) need no row: response_body does it.
 }
 

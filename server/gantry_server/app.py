@@ -21,6 +21,7 @@ from . import embedded
 from .clock import Clock, SystemClock
 from .config import ConfigError, Settings
 from .domain.secrets_at_rest import Keyring, SecretsError, load_keyring
+from .broker.wiring import start_broker, stop_broker
 from .interceptors import ObservabilityInterceptor
 from .interceptors.auth import AuthInterceptor
 from .interceptors.chain import instrument
@@ -67,8 +68,9 @@ async def _check_redis(client: Redis, url: str) -> None:
 
 
 class GantryApp:
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, providers: dict | None = None) -> None:
         self.settings = settings
+        self._providers = providers  # tests: GPU providers to use instead of the configured ones (not closed here)
         self.clock = clock or SystemClock()
         self.embedded: embedded.EmbeddedServices | None = None
         self.server: aio.Server | None = None
@@ -136,6 +138,10 @@ class GantryApp:
 
         if s.migrate_on_start:
             await migrate.upgrade(engine)
+        await start_broker(self.rt, self._providers)
+        await self.rt.lifecycle.startup_sweep()  # /health answers 503 until this is done
+        if s.broker.background_loops:
+            self.rt.lifecycle.start()
         self.rt.state.lifecycle_running = True
         self.rt.state.ready = True
         for spec in SERVICES:
@@ -166,6 +172,8 @@ class GantryApp:
             await self.server.stop(grace)
             self.server = None
         if self.rt is not None:
+            if self.rt.lifecycle is not None:
+                await stop_broker(self.rt, close_providers=self._providers is None)
             await self.rt.engine.dispose()
             await self.rt.redis.aclose()
             self.rt = None

@@ -76,6 +76,10 @@ class BrokerSettings:
     preserve_hours: int = 72  # storage_policy "preserve": how long a stopped instance's disk is kept
     shutdown_policy: str = "keep"  # SIGTERM: "keep" instances running (sessions resume) or "destroy" them
     inventory_ttl_seconds: float = 60.0
+    # Drive each new session's verification from the creating process right away (real time), besides the
+    # lifecycle loop; tests that move a ManualClock turn it off and call the loop's tick themselves.
+    fast_verify: bool = True
+    background_loops: bool = True  # tests that drive ticks by hand turn the periodic loops off
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Settings:
     kek_previous: tuple[str, ...] = field(default=(), repr=False)
     trusted_proxies: tuple[str, ...] = ()
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    attestation: AttestationSettings = field(default_factory=lambda: AttestationSettings())
 
     @property
     def embedded(self) -> bool:
@@ -155,6 +160,7 @@ class Settings:
         if v := get("GANTRY_TRUSTED_PROXIES"):
             kw["trusted_proxies"] = _networks("GANTRY_TRUSTED_PROXIES", v)
         kw["broker"] = _broker_from_env(get)
+        kw["attestation"] = _attestation_from_env(get)
         return cls(**kw)
 
 
@@ -212,3 +218,58 @@ def _broker_from_env(get) -> BrokerSettings:
         raise ConfigError("GANTRY_BROKER_PROVIDERS lists tensordock but GANTRY_TENSORDOCK_API_TOKEN and "
                           "GANTRY_TENSORDOCK_AUTH_ID are not both set")
     return BrokerSettings(**kw)
+
+
+@dataclass(frozen=True)
+class AttestationSettings:
+    """TDX attestation (seed 001): where collateral comes from, what is trusted and accepted, how evidence is pulled.
+    Reference: docs/attestation.md."""
+
+    pccs_url: str = "https://api.trustedservices.intel.com"  # PCCS or Intel PCS; collateral cached in PostgreSQL
+    collateral_dir: Path | None = None  # offline: collateral JSON files (dcap-qvl format) instead of the PCCS
+    collateral_max_age_seconds: float = 86400.0  # refetch cached collateral at least this often
+    accepted_tcb_statuses: tuple[str, ...] = ("UpToDate", "SWHardeningNeeded")
+    root_ca_file: Path | None = None  # PEM root of trust replacing Intel's SGX root CA (tests, private PKI)
+    measurements_file: Path | None = None  # JSON measurement sets, merged with those loaded through AdminService
+    attestation_url: str = "https://{host}:30443/server/attest?nonce={nonce}"  # server registration pull
+    client_cert_binding: bool = False  # require report_data[32:64] = sha256(mTLS client cert key) (x-client-cert)
+    luks_passphrase: str | None = field(default=None, repr=False)  # root-disk key returned by boot attestation
+    gpu_evidence_verifier: tuple[str, ...] = ()  # argv of the GPU evidence verifier; empty refuses registration
+
+
+def _attestation_from_env(get) -> AttestationSettings:
+    import shlex
+
+    from .domain.attestation.verifier import TCB_STATUSES
+
+    kw: dict = {}
+    if v := get("GANTRY_TDX_PCCS_URL"):
+        if not v.startswith(("https://", "http://")):
+            raise ConfigError(f"GANTRY_TDX_PCCS_URL must be an http(s) URL, got {v!r}")
+        kw["pccs_url"] = v
+    for env_name, key in (("GANTRY_TDX_COLLATERAL_DIR", "collateral_dir"), ("GANTRY_TDX_ROOT_CA_FILE", "root_ca_file"),
+                          ("GANTRY_TDX_MEASUREMENTS_FILE", "measurements_file")):
+        if v := get(env_name):
+            path = Path(v).expanduser()
+            if not path.exists():
+                raise ConfigError(f"{env_name} does not exist: {path}")
+            kw[key] = path
+    if v := get("GANTRY_TDX_COLLATERAL_MAX_AGE_SECONDS"):
+        kw["collateral_max_age_seconds"] = _positive("GANTRY_TDX_COLLATERAL_MAX_AGE_SECONDS", v)
+    if v := get("GANTRY_TDX_TCB_ACCEPTED"):
+        statuses = tuple(p.strip() for p in v.split(",") if p.strip())
+        if bad := [st for st in statuses if st not in TCB_STATUSES]:
+            raise ConfigError(f"GANTRY_TDX_TCB_ACCEPTED has unknown statuses {bad}; known: {', '.join(TCB_STATUSES)}")
+        kw["accepted_tcb_statuses"] = statuses
+    if v := get("GANTRY_TDX_ATTESTATION_URL"):
+        if "{host}" not in v or "{nonce}" not in v or not v.startswith(("https://", "http://")):
+            raise ConfigError("GANTRY_TDX_ATTESTATION_URL must be an http(s) URL template with {host} and {nonce} "
+                              f"(and optionally {{server_id}}), got {v!r}")
+        kw["attestation_url"] = v
+    if v := get("GANTRY_TDX_CLIENT_CERT_BINDING"):
+        kw["client_cert_binding"] = _bool("GANTRY_TDX_CLIENT_CERT_BINDING", v)
+    if v := get("GANTRY_LUKS_PASSPHRASE"):
+        kw["luks_passphrase"] = v
+    if v := get("GANTRY_GPU_EVIDENCE_VERIFIER"):
+        kw["gpu_evidence_verifier"] = tuple(shlex.split(v))
+    return AttestationSettings(**kw)

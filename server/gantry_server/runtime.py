@@ -28,3 +28,8 @@ class Runtime:
     state: ServiceState = field(default_factory=ServiceState)
     admin_token: str | None = None
     keyring: Any = None  # domain.secrets_at_rest.Keyring: secrets at rest (never logged)
+    # Broker face (seed 004); None until app.py builds it.
+    providers: dict = field(default_factory=dict)  # name -> providers.base.GpuProvider
+    inventory: Any = None  # broker.inventory.Inventory
+    sessions: Any = None  # broker.sessions.SessionManager
+    lifecycle: Any = None  # broker.lifecycle.Lifecycle

@@ -118,6 +118,8 @@ broker_sessions = Table(
     Column("preserved_until", DateTime(timezone=True), nullable=True),  # storage_policy preserve: stopped, disk kept
     Column("ghost_misses", Integer, nullable=False, server_default="0"),
     Column("destroy_attempts", Integer, nullable=False, server_default="0"),
+    Column("verify_attempts", Integer, nullable=False, server_default="0"),
+    Column("auth_failures", Integer, nullable=False, server_default="0"),  # consecutive; 3 = permanent
     Column("next_check_at", DateTime(timezone=True), nullable=True),  # when a loop should look at it next
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),
@@ -168,4 +170,143 @@ broker_orphan_candidates = Table(
     Column("misses", Integer, nullable=False, server_default="1"),
     Column("first_seen", DateTime(timezone=True), nullable=False),
     Column("last_seen", DateTime(timezone=True), nullable=False),
+)
+
+# Deployment-wide facts shared by every replica on this database (e.g. the generated deployment id that labels
+# provider instances, so replicas agree on which instances are theirs without configuration).
+broker_meta = Table(
+    "broker_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(1024), nullable=False),
+)
+
+
+# --- Servers and TDX attestation (seed 001; migration 0004) ----------------------------------------------------
+from sqlalchemy import ForeignKeyConstraint, Text, UniqueConstraint  # noqa: E402  (kept beside the tables using them)
+
+# A miner's TDX server, registered after its runtime evidence verified; its GPUs are `nodes`.
+servers = Table(
+    "servers", metadata,
+    Column("server_id", String(255), primary_key=True),  # client-supplied (k8s node uid)
+    Column("name", String(255), nullable=False),
+    Column("ip", String(64), nullable=False, unique=True),  # one server per address: runtime nonces are IP-bound
+    Column("miner_hotkey", String(64), nullable=False, index=True),
+    Column("netuid", Integer, nullable=False),
+    Column("is_tee", Boolean, nullable=False, server_default=text("true")),
+    Column("compute_type", String(8), nullable=False, server_default="gpu"),
+    Column("version", String(64), nullable=True),  # measurement version of the latest successful attestation
+    Column("maintenance_pending_window_id", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("miner_hotkey", "name", name="uq_servers_miner_hotkey_name"),
+)
+
+# GPUs of registered servers (the reference's `nodes`); a uuid belongs to one server network-wide.
+nodes = Table(
+    "nodes", metadata,
+    Column("uuid", String(255), primary_key=True),
+    Column("miner_hotkey", String(64), nullable=False, index=True),
+    Column("server_id", String(255), ForeignKey("servers.server_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("gpu_identifier", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("major", Integer, nullable=True),
+    Column("minor", Integer, nullable=True),
+    Column("processors", Integer, nullable=False),
+    Column("sxm", Boolean, nullable=True),
+    Column("clock_rate", Double, nullable=False),
+    Column("max_threads_per_processor", Integer, nullable=False),
+    Column("concurrent_kernels", Boolean, nullable=True),
+    Column("ecc", Boolean, nullable=True),
+    Column("device_index", Integer, nullable=False),
+    Column("verification_host", String(255), nullable=False),
+    Column("verification_port", Integer, nullable=False),
+    Column("seed", BigInteger, nullable=False, server_default="0"),
+    Column("verified_at", DateTime(timezone=True), nullable=True),
+    Column("verification_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Every registration and runtime attestation attempt, failed or not. No FK to servers: a failed registration
+# leaves its record but no server row.
+server_attestations = Table(
+    "server_attestations", metadata,
+    Column("attestation_id", String(36), primary_key=True),
+    Column("seq", BigInteger, Identity(), nullable=False),  # insertion order: "latest" even within one clock tick
+    Column("server_id", String(255), nullable=False),
+    Column("miner_hotkey", String(64), nullable=True),
+    Column("kind", String(16), nullable=False),  # "registration" | "runtime"
+    Column("server_ip", String(64), nullable=False),
+    Column("quote_data", Text, nullable=True),  # base64, as received
+    Column("verified", Boolean, nullable=False),
+    Column("error_reason", String(64), nullable=True),
+    Column("verification_error", Text, nullable=True),
+    Column("tcb_status", String(64), nullable=True),
+    Column("measurement_version", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("verified_at", DateTime(timezone=True), nullable=True),
+    Index("ix_server_attestations_server_created", "server_id", "created_at"),
+)
+
+# Every boot attestation attempt (VM initramfs, before a server exists); linked to servers by IP.
+boot_attestations = Table(
+    "boot_attestations", metadata,
+    Column("attestation_id", String(36), primary_key=True),
+    Column("server_ip", String(64), nullable=False, index=True),
+    Column("miner_hotkey", String(64), nullable=True),
+    Column("vm_name", String(255), nullable=True),
+    Column("quote_data", Text, nullable=True),
+    Column("verified", Boolean, nullable=False),
+    Column("error_reason", String(64), nullable=True),
+    Column("verification_error", Text, nullable=True),
+    Column("tcb_status", String(64), nullable=True),
+    Column("measurement_version", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("verified_at", DateTime(timezone=True), nullable=True),
+)
+
+# One row per VM (miner hotkey + VM name); its volumes' passphrases hang off it.
+vm_cache_configs = Table(
+    "vm_cache_configs", metadata,
+    Column("miner_hotkey", String(64), primary_key=True),
+    Column("vm_name", String(255), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
+    Column("last_boot_at", DateTime(timezone=True), nullable=True),
+)
+
+# LUKS volume passphrases, only as Keyring envelopes (GSE1 blobs) bound to (hotkey, VM, volume).
+vm_luks_passphrases = Table(
+    "vm_luks_passphrases", metadata,
+    Column("miner_hotkey", String(64), primary_key=True),
+    Column("vm_name", String(255), primary_key=True),
+    Column("volume", String(64), primary_key=True),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["miner_hotkey", "vm_name"], ["vm_cache_configs.miner_hotkey", "vm_cache_configs.vm_name"],
+                         ondelete="CASCADE", name="fk_vm_luks_passphrases_vm_cache_configs"),
+)
+
+# Allowed TDX measurement sets loaded through AdminService (file entries are not stored).
+measurement_policies = Table(
+    "measurement_policies", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("mrtd", String(96), nullable=False),
+    Column("boot_rtmrs", ARRAY(String(96)), nullable=False),
+    Column("runtime_rtmrs", ARRAY(String(96)), nullable=False),
+    Column("expected_gpus", ARRAY(String(64)), nullable=False, server_default="{}"),
+    Column("gpu_count", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Collateral fetched from the PCCS, per FMSPC and PCK CA, until it expires.
+tdx_collateral = Table(
+    "tdx_collateral", metadata,
+    Column("fmspc", String(12), primary_key=True),
+    Column("ca", String(16), primary_key=True),
+    Column("collateral", Text, nullable=False),
+    Column("fetched_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )

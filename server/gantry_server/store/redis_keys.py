@@ -39,3 +39,8 @@ def instance_logs(instance_id: str) -> str:
 
 def readiness_probe() -> str:
     return f"{PREFIX}probe"
+
+
+def session_changes(session_id: str) -> str:
+    """Pub/sub channel announcing a change of one broker session (WatchSession wakes on it)."""
+    return f"{PREFIX}broker:session:{session_id}"

@@ -70,6 +70,8 @@ def upgrade() -> None:
         sa.Column("preserved_until", TZ, nullable=True),
         sa.Column("ghost_misses", sa.Integer, nullable=False, server_default="0"),
         sa.Column("destroy_attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("verify_attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("auth_failures", sa.Integer, nullable=False, server_default="0"),
         sa.Column("next_check_at", TZ, nullable=True),
         sa.Column("lease_owner", sa.String(64), nullable=True),
         sa.Column("lease_until", TZ, nullable=True),
@@ -128,9 +130,16 @@ def upgrade() -> None:
         sa.Column("last_seen", TZ, nullable=False),
         sa.PrimaryKeyConstraint("provider", "instance_id", name=op.f("pk_broker_orphan_candidates")),
     )
+    op.create_table(
+        "broker_meta",
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("value", sa.String(1024), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_broker_meta")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("broker_meta")
     op.drop_table("broker_orphan_candidates")
     op.drop_table("broker_offer_failures")
     op.drop_table("broker_costs")

@@ -1,0 +1,294 @@
+"""The safety loops: every unit of work is one session (or one provider instance) claimed with a lease.
+
+`tick()` moves every due session one step: verify provisioning ones, end expired / hard-max / idle ones,
+finish destroys that did not verify, recover creates whose process died, drop preserved disks past their
+retention. `reconcile()` compares each provider's labelled instances with the database: an orphan (ours,
+no live session) is destroyed only after `reconcile_misses` listings and a direct status check; a ghost (a
+live session whose instance is missing) is ended only after as many misses and a direct check saying GONE,
+so a listing gap or a provider error never kills a working session. Both are safe to run on any number of
+replicas at once, and both are driven by the injected clock (tests call them directly).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.dialects.postgresql import insert
+
+from ..providers.base import InstanceState, ProviderError, parse_label
+from ..store.models import ACTIVE_SESSION_STATUSES, broker_orphan_candidates as oc, broker_sessions as t
+from ..store.repositories import sessions as repo
+from . import metrics
+from .sessions import CREATE_LEASE, STEP_LEASE, SessionManager
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self, manager: SessionManager) -> None:
+        self.m = manager
+        self.b = manager.b
+        self._task: asyncio.Task | None = None
+        self._last_reconcile = None
+
+    # ---- one pass ------------------------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One pass over every session that needs attention now."""
+        now = self.b.clock.now()
+        hard_max_at = now - timedelta(hours=self.b.settings.hard_max_hours)
+        async with self.b.engine.connect() as conn:
+            hard_max = await repo.due(conn, and_(t.c.status.in_(ACTIVE_SESSION_STATUSES), t.c.created_at <= hard_max_at), now)
+            expired = await repo.due(conn, and_(t.c.status.in_(("provisioning", "running")), t.c.expires_at <= now,
+                                                t.c.created_at > hard_max_at), now)
+            provisioning = await repo.due(conn, and_(t.c.status == "provisioning",
+                                                     or_(t.c.next_check_at.is_(None), t.c.next_check_at <= now)), now)
+            idle = await repo.due(conn, and_(t.c.status == "running", t.c.idle_threshold_minutes > 0,
+                                             t.c.next_check_at <= now), now)
+            stopping = await repo.due(conn, and_(t.c.status == "stopping",
+                                                 or_(t.c.next_check_at.is_(None), t.c.next_check_at <= now)), now)
+            stale_pending = await repo.due(conn, and_(t.c.status == "pending", t.c.created_at <= now - CREATE_LEASE), now)
+            preserved = await repo.due(conn, and_(t.c.status == "stopped", t.c.preserved_until <= now), now)
+        for sid in hard_max:
+            await self._guard(self.m.terminate(sid, "hard_max"))
+        for sid in expired:
+            await self._guard(self.m.terminate(sid, "expired", from_statuses=("provisioning", "running")))
+        for sid in provisioning:
+            await self._guard(self.m.verify_step(sid))
+        for sid in idle:
+            await self._guard(self.probe_idle(sid))
+        for sid in stopping:
+            await self._guard(self.m.finish_stopping(sid))
+        for sid in stale_pending:
+            await self._guard(self.recover_pending(sid))
+        for sid in preserved:
+            await self._guard(self.m.release_preserved(sid))
+        await self.m.refresh_active_gauge()
+
+    async def _guard(self, step) -> None:
+        """One session's failure (a provider bug, a network error) must not stop the pass for the others."""
+        try:
+            await step
+        except Exception:
+            log.exception("lifecycle step failed")
+
+    async def probe_idle(self, session_id: str) -> None:
+        """Idle shutdown: GPU utilisation and interactive logins seen over SSH with the session's key."""
+        from .ssh import SshCheckError, probe_activity  # noqa: PLC0415
+
+        now = self.b.clock.now()
+        async with self.b.engine.begin() as conn:
+            row = await repo.claim(conn, session_id, self.b.lease_token(), now, now + STEP_LEASE, ("running",))
+        if row is None:
+            return
+        next_probe = now + timedelta(seconds=self.b.settings.idle_probe_interval_seconds)
+        try:
+            activity = await probe_activity(row.ssh_host, row.ssh_port, row.ssh_user, self.m.private_key(row))
+        except SshCheckError as exc:  # unreachable is not evidence of idleness; try again later
+            log.info("idle probe failed", extra={"session_id": row.id, "error": str(exc)})
+            await self.m._release(row, next_check_at=next_probe)
+            return
+        if activity.disk_free_gb is not None:
+            metrics.DISK_AVAILABLE.labels(row.provider).set(activity.disk_free_gb)
+        if not activity.is_idle():
+            await self.m._release(row, next_check_at=next_probe, last_active_at=now)
+            return
+        idle_since = row.last_active_at or row.running_at or row.created_at
+        if now - idle_since >= timedelta(minutes=row.idle_threshold_minutes):
+            await self.m._release(row)
+            await self.m.terminate(row.id, "idle", from_statuses=("running",))
+            return
+        await self.m._release(row, next_check_at=next_probe)
+
+    async def recover_pending(self, session_id: str) -> None:
+        """A create whose process died: adopt the instance if the provider made it, else fail (no cost)."""
+        now = self.b.clock.now()
+        async with self.b.engine.begin() as conn:
+            row = await repo.claim(conn, session_id, self.b.lease_token(), now, now + STEP_LEASE, ("pending",))
+        if row is None:
+            return
+        from ..providers.base import instance_label  # noqa: PLC0415
+
+        provider = self.b.provider(row.provider)
+        try:
+            instances = await provider.list_instances()
+        except ProviderError:
+            await self.m._release(row)
+            return  # cannot tell; try again next pass
+        label = instance_label(self.b.deployment_id, row.id)
+        found = next((i for i in instances if i.label == label), None)
+        async with self.b.engine.begin() as conn:
+            if found is not None:
+                updated = await repo.transition(
+                    conn, row.id, ("pending",), now, status="provisioning", provider_instance_id=found.instance_id,
+                    billing_started_at=found.started_at or row.created_at, next_check_at=now,
+                    lease_owner=None, lease_until=None)
+                if updated is not None:
+                    metrics.SESSIONS_CREATED.labels(row.provider).inc()
+            else:
+                updated = await repo.transition(
+                    conn, row.id, ("pending",), now, status="failed", stop_reason="provision_failed",
+                    error="create interrupted before the provider created an instance", stopped_at=now,
+                    lease_owner=None, lease_until=None)
+                if updated is not None:
+                    metrics.SESSIONS_DESTROYED.labels(row.provider, "provision_failed").inc()
+        if updated is not None:
+            await repo.publish_change(self.b.redis, updated.id, updated.version)
+
+    # ---- reconciliation ------------------------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        for name, provider in self.b.providers.items():
+            try:
+                instances = await provider.list_instances()
+            except ProviderError as exc:  # a failed listing proves nothing: skip this provider this round
+                log.warning("reconcile: listing failed", extra={"provider": name, "error": str(exc)})
+                continue
+            await self._reconcile_provider(name, provider, instances)
+
+    async def _reconcile_provider(self, name, provider, instances) -> None:
+        now = self.b.clock.now()
+        ours = {i.instance_id: i for i in instances if parse_label(i.label, self.b.deployment_id) is not None}
+        async with self.b.engine.connect() as conn:
+            owned = await repo.with_instances(conn, name)
+        live_instance_ids = {r.provider_instance_id for r in owned
+                             if r.status in (*ACTIVE_SESSION_STATUSES, "stopping") or r.preserved_until is not None}
+        # Sessions still being created own their label even before the instance id is stored.
+        async with self.b.engine.connect() as conn:
+            pending = {r.id for r in (await conn.execute(select(t.c.id).where(
+                t.c.provider == name, t.c.status == "pending"))).all()}
+
+        # Orphans: ours, and no session that owns them.
+        for instance_id, inst in ours.items():
+            session_id = parse_label(inst.label, self.b.deployment_id)
+            if instance_id in live_instance_ids or session_id in pending:
+                continue
+            await self._orphan_miss(name, provider, inst, now)
+        async with self.b.engine.begin() as conn:  # candidates that are owned again or gone are forgotten
+            await conn.execute(delete(oc).where(oc.c.provider == name, or_(
+                oc.c.instance_id.not_in(list(ours) or [""]), oc.c.instance_id.in_(list(live_instance_ids) or [""]))))
+
+        # Ghosts: live sessions past the grace whose instance is missing from the listing.
+        grace = now - timedelta(minutes=self.b.settings.ghost_grace_minutes)
+        for r in owned:
+            if r.status not in ("provisioning", "running"):
+                continue
+            if r.provider_instance_id in ours or r.provider_instance_id in {i.instance_id for i in instances}:
+                if r.ghost_misses:
+                    async with self.b.engine.begin() as conn:
+                        await conn.execute(t.update().where(t.c.id == r.id).values(ghost_misses=0))
+                continue
+            if r.created_at > grace:
+                continue
+            await self._ghost_miss(r, provider, now)
+
+    async def _orphan_miss(self, name, provider, inst, now) -> None:
+        async with self.b.engine.begin() as conn:
+            row = (await conn.execute(
+                insert(oc).values(provider=name, instance_id=inst.instance_id, label=inst.label, misses=1,
+                                  first_seen=now, last_seen=now)
+                .on_conflict_do_update(index_elements=[oc.c.provider, oc.c.instance_id],
+                                       set_={"misses": oc.c.misses + 1, "last_seen": now})
+                .returning(oc.c.misses))).first()
+        if row.misses < self.b.settings.reconcile_misses:
+            return
+        # Last check before destroying: the session may have just been created or adopted by another replica.
+        session_id = parse_label(inst.label, self.b.deployment_id)
+        async with self.b.engine.connect() as conn:
+            session = await repo.get(conn, session_id) if session_id else None
+        if session is not None and (session.status in (*ACTIVE_SESSION_STATUSES, "stopping")
+                                    or session.preserved_until is not None):
+            return
+        try:
+            current = await provider.get_instance(inst.instance_id)
+            if current.state is InstanceState.GONE:
+                return
+            await provider.destroy_instance(inst.instance_id)
+        except ProviderError as exc:
+            log.warning("orphan destroy failed", extra={"instance_id": inst.instance_id, "error": str(exc)})
+            metrics.DESTROY_FAILURES.inc()
+            return
+        metrics.ORPHANS_DETECTED.inc()
+        metrics.RECONCILIATION_MISMATCHES.inc()
+        log.warning("orphan destroyed", extra={"provider": name, "instance_id": inst.instance_id,
+                                               "session_id": session_id})
+        async with self.b.engine.begin() as conn:
+            await conn.execute(delete(oc).where(oc.c.provider == name, oc.c.instance_id == inst.instance_id))
+
+    async def _ghost_miss(self, r, provider, now) -> None:
+        async with self.b.engine.begin() as conn:
+            misses = (await conn.execute(t.update().where(t.c.id == r.id, t.c.status.in_(("provisioning", "running")))
+                                         .values(ghost_misses=t.c.ghost_misses + 1).returning(t.c.ghost_misses))).scalar()
+        if misses is None or misses < self.b.settings.reconcile_misses:
+            return
+        try:
+            current = await provider.get_instance(r.provider_instance_id)
+        except ProviderError:
+            return  # an error is not "gone"
+        if current.state is not InstanceState.GONE:
+            async with self.b.engine.begin() as conn:  # listing lag: the instance is there
+                await conn.execute(t.update().where(t.c.id == r.id).values(ghost_misses=0))
+            return
+        metrics.GHOSTS_DETECTED.inc()
+        metrics.RECONCILIATION_MISMATCHES.inc()
+        log.warning("ghost session ended", extra={"session_id": r.id, "instance_id": r.provider_instance_id})
+        await self.m.terminate(r.id, "ghost", error="instance not found on provider during reconciliation",
+                               from_statuses=("provisioning", "running"))
+
+    # ---- process life --------------------------------------------------------------------------------------------
+
+    async def startup_sweep(self, timeout: float = 120.0) -> None:
+        """Before the server reports ready: settle what a previous process left half done."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.reconcile()
+                await self.tick()
+        except TimeoutError:
+            log.warning("startup sweep did not finish in time; the loops continue it")
+
+    async def run(self) -> None:
+        interval = self.b.settings.lifecycle_interval_seconds
+        reconcile_every = self.b.settings.reconcile_interval_seconds
+        since_reconcile = reconcile_every
+        while True:
+            await asyncio.sleep(interval)
+            await self._guard(self.tick())
+            since_reconcile += interval
+            if since_reconcile >= reconcile_every:
+                since_reconcile = 0
+                await self._guard(self.reconcile())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def shutdown(self, policy: str, timeout: float = 60.0) -> None:
+        """SIGTERM: "keep" leaves instances running for the next process; "destroy" ends every live session.
+
+        Either way the database says what happened: kept sessions stay active with their leases released,
+        destroyed ones are stopped (or still stopping, for the next process to finish).
+        """
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.m.aclose()
+        if policy == "destroy":
+            async with self.b.engine.connect() as conn:
+                ids = [r.id for r in (await conn.execute(
+                    select(t.c.id).where(t.c.status.in_(ACTIVE_SESSION_STATUSES)))).all()]
+            limit = asyncio.Semaphore(5)
+
+            async def end(sid: str) -> None:
+                async with limit:
+                    await self._guard(self.m.terminate(sid, "shutdown"))
+
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*(end(s) for s in ids))
+            except TimeoutError:
+                log.warning("shutdown: some destroys did not finish; the next process finishes them")
+        async with self.b.engine.begin() as conn:
+            await conn.execute(t.update().where(t.c.lease_owner.startswith(f"{self.b.owner}:"))
+                               .values(lease_owner=None, lease_until=None))

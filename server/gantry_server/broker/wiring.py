@@ -1,0 +1,79 @@
+"""Build the broker for one process: providers, inventory, sessions, lifecycle; start and stop them in order."""
+from __future__ import annotations
+
+import logging
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..config import Settings
+from ..runtime import Runtime
+from ..store.models import broker_meta
+
+log = logging.getLogger(__name__)
+
+
+async def deployment_id(engine: AsyncEngine, configured: str | None) -> str:
+    """The id that labels our provider instances: configured, else generated once per database.
+
+    Every replica on one database reads the same generated id, so they agree on which instances are theirs
+    without configuration, and two deployments sharing a provider account never touch each other's instances.
+    """
+    if configured:
+        return configured
+    async with engine.begin() as conn:
+        await conn.execute(insert(broker_meta).values(key="deployment_id", value=f"d{secrets.token_hex(5)}")
+                           .on_conflict_do_nothing())
+        return (await conn.execute(select(broker_meta.c.value).where(broker_meta.c.key == "deployment_id"))).scalar_one()
+
+
+def build_providers(settings: Settings, clock) -> dict:
+    """The configured providers (settings.broker.providers), each with its credentials."""
+    b = settings.broker
+    providers: dict = {}
+    for name in b.providers:
+        if name == "vastai":
+            from ..providers.vastai import VastAiProvider  # noqa: PLC0415
+
+            providers[name] = VastAiProvider(api_key=b.vastai_api_key, base_url=b.vastai_base_url, clock=clock)
+        elif name == "tensordock":
+            from ..providers.tensordock import TensorDockProvider  # noqa: PLC0415
+
+            providers[name] = TensorDockProvider(api_token=b.tensordock_api_token, auth_id=b.tensordock_auth_id,
+                                                 base_url=b.tensordock_base_url, clock=clock)
+        elif name == "simulated":
+            from ..providers.simulated import SimulatedProvider  # noqa: PLC0415
+
+            providers[name] = SimulatedProvider(clock=clock, offer_count=b.simulated_offer_count,
+                                                boot_seconds=b.simulated_boot_seconds)
+    return providers
+
+
+async def start_broker(rt: Runtime, providers: dict | None = None) -> None:
+    """Attach the broker to the runtime. `providers` overrides the configured ones (tests)."""
+    from .inventory import Inventory  # noqa: PLC0415
+    from .lifecycle import Lifecycle  # noqa: PLC0415
+    from .sessions import Broker, SessionManager  # noqa: PLC0415
+
+    settings = rt.settings
+    rt.providers = providers if providers is not None else build_providers(settings, rt.clock)
+    rt.inventory = Inventory(rt.providers, rt.engine, rt.clock, ttl_seconds=settings.broker.inventory_ttl_seconds)
+    broker = Broker(settings=settings.broker, engine=rt.engine, redis=rt.redis, clock=rt.clock, keyring=rt.keyring,
+                    providers=rt.providers, inventory=rt.inventory,
+                    deployment_id=await deployment_id(rt.engine, settings.broker.deployment_id))
+    rt.sessions = SessionManager(broker)
+    rt.lifecycle = Lifecycle(rt.sessions)
+    log.info("broker ready", extra={"providers": sorted(rt.providers), "deployment_id": broker.deployment_id})
+
+
+async def stop_broker(rt: Runtime, *, close_providers: bool = True) -> None:
+    if rt.lifecycle is not None:
+        await rt.lifecycle.shutdown(rt.settings.broker.shutdown_policy)
+    if close_providers:
+        for provider in rt.providers.values():
+            try:
+                await provider.aclose()
+            except Exception:  # closing must not stop the rest of the shutdown
+                log.exception("provider close failed")

@@ -1,0 +1,178 @@
+"""SessionService: the consumer's view of GPU sessions (seed 004), over broker.sessions.SessionManager."""
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import datetime, timedelta
+
+from gantry.broker.v1 import sessions_pb2, sessions_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.engine import Row
+
+from ..broker.sessions import STATUSES
+from .. import metadata_keys
+from ..domain.validation import Violations
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..runtime import Runtime
+from ..store import redis_keys
+from ..store.models import TERMINAL_SESSION_STATUSES
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def session_proto(row: Row) -> sessions_pb2.Session:
+    """Every stored field the client may see; never the keys, the offer id or the provider instance id."""
+    s = sessions_pb2.Session(
+        id=row.id, consumer_id=row.consumer_id, provider=row.provider, gpu_type=row.gpu_type,
+        gpu_count=row.gpu_count, status=row.status, workload_type=row.workload_type,
+        reservation_hours=row.reservation_hours, price_per_hour=row.price_per_hour,
+        created_at=_ts(row.created_at), expires_at=_ts(row.expires_at), stopped_at=_ts(row.stopped_at),
+        idle_threshold_minutes=row.idle_threshold_minutes, storage_policy=row.storage_policy,
+        launch_mode=row.launch_mode, ssh_host=row.ssh_host or "", ssh_port=row.ssh_port or 22,
+        ssh_user=row.ssh_user or "",
+    )
+    for name in ("error", "api_endpoint", "api_port", "model_id", "template_hash_id", "template_name", "disk_gb",
+                 "retry_parent_id", "retry_child_id", "failed_offers"):
+        value = getattr(row, name)
+        if value is not None:
+            setattr(s, name, value)
+    if row.auto_retry:
+        s.auto_retry = True
+        s.retry_count = row.retry_count
+    return s
+
+
+def _duration(delta: timedelta) -> str:
+    minutes = max(int(delta.total_seconds() // 60), 0)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+def _cursor(row: Row) -> str:
+    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+
+
+def _parse_cursor(token: str) -> tuple[datetime, str]:
+    try:
+        created, sid = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), sid
+    except Exception:
+        raise InvalidArgument.field("page_token", "is not a token returned by this API") from None
+
+
+class SessionService(sessions_pb2_grpc.SessionServiceServicer):
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    @property
+    def sessions(self):
+        if self.rt.sessions is None:
+            raise FailedPrecondition("the broker is not running on this server", http_status=503)
+        return self.rt.sessions
+
+    async def CreateSession(self, request, context):
+        if not request.request_id:  # REST clients send the idempotency key as a header
+            key = dict(context.invocation_metadata() or ()).get(metadata_keys.IDEMPOTENCY_KEY, "")
+            request.request_id = key.strip() if isinstance(key, str) else ""
+        row, private_key = await self.sessions.create(request)
+        return sessions_pb2.CreateSessionResponse(session=session_proto(row), ssh_private_key=private_key)
+
+    async def ListSessions(self, request, context):
+        v = Violations()
+        v.require(not request.status or request.status in STATUSES, "status", f"must be one of {', '.join(STATUSES)}")
+        v.require(request.page_size >= 0, "page_size", "must be non-negative")
+        v.raise_if_any()
+        paged = bool(request.page_size or request.page_token)
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE) if paged else None
+        limit = request.limit if request.limit > 0 else None
+        if size is not None:
+            limit = min(size, limit) if limit else size
+        before = _parse_cursor(request.page_token) if request.page_token else None
+        rows = await self.sessions.list(consumer_id=request.consumer_id, status=request.status,
+                                        provider=request.provider, limit=(limit + 1) if paged else limit,
+                                        before=before)
+        next_token = ""
+        if paged and len(rows) > limit:
+            rows = rows[:limit]
+            next_token = _cursor(rows[-1])
+        return sessions_pb2.ListSessionsResponse(sessions=[session_proto(r) for r in rows], count=len(rows),
+                                                 next_page_token=next_token)
+
+    async def GetSession(self, request, context):
+        _require_id(request.id)
+        return sessions_pb2.GetSessionResponse(session=session_proto(await self.sessions.get(request.id)))
+
+    async def GetSessionDiagnostics(self, request, context):
+        _require_id(request.id)
+        row = await self.sessions.get(request.id)
+        if row.status != "running":
+            raise FailedPrecondition(f"session is not running; current status: {row.status}",
+                                     reason="SESSION_NOT_RUNNING")
+        now = self.rt.clock.now()
+        left = row.expires_at - now
+        return sessions_pb2.GetSessionDiagnosticsResponse(
+            session_id=row.id, status=row.status, provider=row.provider, gpu_type=row.gpu_type,
+            gpu_count=row.gpu_count, ssh_host=row.ssh_host or "", ssh_port=row.ssh_port or 22,
+            ssh_user=row.ssh_user or "", launch_mode=row.launch_mode, api_endpoint=row.api_endpoint or "",
+            created_at=_ts(row.created_at), expires_at=_ts(row.expires_at),
+            uptime=_duration(now - (row.running_at or row.created_at)),
+            time_to_expiry=_duration(left) if left.total_seconds() > 0 else "expired",
+            ssh_available=bool(row.ssh_host), note="Full SSH diagnostics require client-side SSH access.")
+
+    async def DoneSession(self, request, context):
+        _require_id(request.id)
+        row = await self.sessions.done(request.id)
+        return sessions_pb2.DoneSessionResponse(message="session shutdown initiated", session_id=row.id)
+
+    async def ExtendSession(self, request, context):
+        _require_id(request.id)
+        row = await self.sessions.extend(request.id, request.additional_hours)
+        return sessions_pb2.ExtendSessionResponse(message="session extended", session_id=row.id,
+                                                  new_expires_at=_ts(row.expires_at))
+
+    async def DestroySession(self, request, context):
+        _require_id(request.id)
+        row = await self.sessions.destroy(request.id)
+        return sessions_pb2.DestroySessionResponse(message="session destroyed" if row.status != "stopping"
+                                                   else "session destruction in progress", session_id=row.id)
+
+    async def WatchSession(self, request, context):
+        """The current state, then one message per change (woken by Redis pub/sub, checked every few seconds
+        in case a message was lost); ends after a terminal status."""
+        _require_id(request.id)
+        after = 0
+        if request.cursor:
+            if not request.cursor.isdigit():
+                raise InvalidArgument.field("cursor", "must be a cursor returned by WatchSession")
+            after = int(request.cursor)
+        pubsub = self.rt.redis.pubsub()
+        await pubsub.subscribe(redis_keys.session_changes(request.id))
+        try:
+            row = await self.sessions.get(request.id)
+            while True:
+                if row.version > after:
+                    after = row.version
+                    yield sessions_pb2.WatchSessionResponse(cursor=str(row.version), session=session_proto(row))
+                if row.status in TERMINAL_SESSION_STATUSES:
+                    return
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+                row = await self.sessions.get(request.id)
+        finally:
+            await pubsub.unsubscribe()
+            await pubsub.aclose()
+
+
+def _require_id(session_id: str) -> None:
+    if not session_id:
+        raise InvalidArgument.field("id", "is required")
+    if len(session_id) > 64:
+        raise NotFound(f"session not found: {session_id}")
