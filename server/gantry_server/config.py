@@ -198,7 +198,6 @@ def _broker_from_env(get) -> BrokerSettings:
         raise ConfigError(f"GANTRY_DEPLOYMENT_ID may hold only letters, digits, '-' and '_', got {dep!r}")
     for env_name, key, cast in (
             ("GANTRY_BROKER_SIMULATED_OFFERS", "simulated_offer_count", int),
-            ("GANTRY_BROKER_SIMULATED_BOOT_SECONDS", "simulated_boot_seconds", float),
             ("GANTRY_BROKER_SSH_VERIFY_TIMEOUT_MINUTES", "ssh_verify_timeout_minutes", int),
             ("GANTRY_BROKER_LIFECYCLE_INTERVAL_SECONDS", "lifecycle_interval_seconds", float),
             ("GANTRY_BROKER_RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", float),
@@ -207,6 +206,11 @@ def _broker_from_env(get) -> BrokerSettings:
             ("GANTRY_BROKER_INVENTORY_TTL_SECONDS", "inventory_ttl_seconds", float)):
         if v := get(env_name):
             kw[key] = _positive(env_name, v, cast)
+    if v := get("GANTRY_BROKER_SIMULATED_BOOT_SECONDS"):
+        boot = _float("GANTRY_BROKER_SIMULATED_BOOT_SECONDS", v)
+        if boot < 0:
+            raise ConfigError(f"GANTRY_BROKER_SIMULATED_BOOT_SECONDS must be >= 0, got {v!r}")
+        kw["simulated_boot_seconds"] = boot
     if v := get("GANTRY_BROKER_SHUTDOWN_POLICY"):
         if v not in {"keep", "destroy"}:
             raise ConfigError(f"GANTRY_BROKER_SHUTDOWN_POLICY must be keep or destroy, got {v!r}")

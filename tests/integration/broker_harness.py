@@ -111,4 +111,4 @@ async def running_broker(database_url: str, redis_url: str, tmp_path, *, provide
     finally:
         await app.stop(0)
         if own_provider:  # a provider passed in outlives this server (restart tests)
-            await provider.aclose()
+            await provider.shutdown()

@@ -453,7 +453,7 @@ async def test_a_restart_resumes_provisioning_and_verifies_ssh_for_real(database
             assert running.status == "running"
             await check_ssh(running.ssh_host, running.ssh_port, "root", key)
     finally:
-        await provider.aclose()
+        await provider.shutdown()
 
 
 async def test_shutdown_policy_destroy_ends_every_session_in_the_database_too(database_url, redis_url, tmp_path,
@@ -479,7 +479,7 @@ async def test_shutdown_policy_destroy_ends_every_session_in_the_database_too(da
                 row = await h2.row(sid)
                 assert row.status == "stopped" and row.stop_reason == "shutdown"
     finally:
-        await provider.aclose()
+        await provider.shutdown()
 
 
 # ---- streams and reads -------------------------------------------------------------------------------------------
