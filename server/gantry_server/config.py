@@ -64,6 +64,12 @@ class BrokerSettings:
     tensordock_api_token: str | None = field(default=None, repr=False)
     tensordock_auth_id: str | None = field(default=None, repr=False)
     tensordock_base_url: str = "https://dashboard.tensordock.com/api/v2"
+    # Token-bucket limits of the provider accounts (None: the provider's documented limit, Vast 1/s burst 2,
+    # TensorDock 2/s burst 3); raise them only for an account with a higher limit, or a local fake provider.
+    vastai_rate_per_second: float | None = None
+    vastai_burst: int | None = None
+    tensordock_rate_per_second: float | None = None
+    tensordock_burst: int | None = None
     simulated_offer_count: int = 24
     simulated_boot_seconds: float = 1.0  # a simulated instance accepts SSH this long after create
     ssh_verify_timeout_minutes: int = 10  # default provisioning deadline (per session: 1..30)
@@ -198,6 +204,10 @@ def _broker_from_env(get) -> BrokerSettings:
         raise ConfigError(f"GANTRY_DEPLOYMENT_ID may hold only letters, digits, '-' and '_', got {dep!r}")
     for env_name, key, cast in (
             ("GANTRY_BROKER_SIMULATED_OFFERS", "simulated_offer_count", int),
+            ("GANTRY_VASTAI_RATE_PER_SECOND", "vastai_rate_per_second", float),
+            ("GANTRY_VASTAI_BURST", "vastai_burst", int),
+            ("GANTRY_TENSORDOCK_RATE_PER_SECOND", "tensordock_rate_per_second", float),
+            ("GANTRY_TENSORDOCK_BURST", "tensordock_burst", int),
             ("GANTRY_BROKER_SSH_VERIFY_TIMEOUT_MINUTES", "ssh_verify_timeout_minutes", int),
             ("GANTRY_BROKER_LIFECYCLE_INTERVAL_SECONDS", "lifecycle_interval_seconds", float),
             ("GANTRY_BROKER_RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", float),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -35,20 +36,28 @@ def build_providers(settings: Settings, clock) -> dict:
     providers: dict = {}
     for name in b.providers:
         if name == "vastai":
-            from ..providers.vastai import VastAiProvider  # noqa: PLC0415
+            from ..providers import vastai  # noqa: PLC0415
 
-            providers[name] = VastAiProvider(api_key=b.vastai_api_key, base_url=b.vastai_base_url, clock=clock)
+            providers[name] = vastai.VastAiProvider(
+                api_key=b.vastai_api_key, base_url=b.vastai_base_url, clock=clock,
+                policy=_policy(vastai.POLICY, b.vastai_rate_per_second, b.vastai_burst))
         elif name == "tensordock":
-            from ..providers.tensordock import TensorDockProvider  # noqa: PLC0415
+            from ..providers import tensordock  # noqa: PLC0415
 
-            providers[name] = TensorDockProvider(api_token=b.tensordock_api_token, auth_id=b.tensordock_auth_id,
-                                                 base_url=b.tensordock_base_url, clock=clock)
+            providers[name] = tensordock.TensorDockProvider(
+                api_token=b.tensordock_api_token, auth_id=b.tensordock_auth_id, base_url=b.tensordock_base_url,
+                clock=clock, policy=_policy(tensordock.POLICY, b.tensordock_rate_per_second, b.tensordock_burst))
         elif name == "simulated":
             from ..providers.simulated import SimulatedProvider  # noqa: PLC0415
 
             providers[name] = SimulatedProvider(clock=clock, offer_count=b.simulated_offer_count,
                                                 boot_seconds=b.simulated_boot_seconds)
     return providers
+
+
+def _policy(default, rate: float | None, burst: int | None):
+    changes = {k: v for k, v in (("rate_per_second", rate), ("burst", burst)) if v is not None}
+    return replace(default, **changes) if changes else default
 
 
 async def start_broker(rt: Runtime, providers: dict | None = None) -> None:
