@@ -200,8 +200,11 @@ class FakeVastAi(FakeProvider):
         return Response(200, {"success": True})
 
     async def _delete(self, request: Request) -> Response:
-        if await self._deleted(request.params["id"]) is None:
+        inst = await self._deleted(request.params["id"])
+        if inst is None:
             return Response(404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"})
+        if inst.offer_id.isdigit() and (bundle := self.offers.get(int(inst.offer_id))) is not None:
+            bundle.update(rentable=True, rented=False)  # the machine is for rent again
         return Response(200, {"success": True})
 
     async def _attach_key(self, request: Request) -> Response:
