@@ -525,3 +525,87 @@ async def test_diagnostics_of_a_running_session_and_400_otherwise(broker):
     diag = (await h.http.get(f"/api/v1/sessions/{s.id}/diagnostics")).json()
     assert diag["status"] == "running" and diag["ssh_available"] is True
     assert diag["uptime"] == "30m" and diag["time_to_expiry"] == "1h 29m"
+
+
+# ---- metrics move once per event -------------------------------------------------------------------------------
+
+async def test_session_metrics_move_exactly_once_per_event_and_the_gauge_returns_to_zero(broker):
+    h = broker
+    created = sample(metrics.SESSIONS_CREATED, provider="simulated")
+    verified = metrics.SSH_VERIFY_DURATION.labels("simulated")._sum.get(), \
+        sum(b.get() for b in metrics.SSH_VERIFY_DURATION.labels("simulated")._buckets)
+    s = await h.create()
+    assert sample(metrics.SESSIONS_CREATED, provider="simulated") == created + 1
+    assert sample(metrics.SESSIONS_ACTIVE, provider="simulated", status="provisioning") == 1
+    await h.boot(s.id)
+    await h.lifecycle.tick()  # a second pass over a running session observes nothing new
+    count = sum(b.get() for b in metrics.SSH_VERIFY_DURATION.labels("simulated")._buckets)
+    assert count == verified[1] + 1
+    assert sample(metrics.SESSIONS_ACTIVE, provider="simulated", status="running") == 1
+    assert sample(metrics.SESSIONS_ACTIVE, provider="simulated", status="provisioning") == 0
+    await h.stub.DestroySession(sessions_pb2.DestroySessionRequest(id=s.id))
+    await h.stub.DestroySession(sessions_pb2.DestroySessionRequest(id=s.id))  # idempotent: no second count
+    for status in ("pending", "provisioning", "running", "stopping"):
+        assert sample(metrics.SESSIONS_ACTIVE, provider="simulated", status=status) == 0
+    text = (await h.http.get("/metrics")).text
+    assert 'gpu_sessions_destroyed_total{provider="simulated",reason="user_requested"}' in text
+
+
+async def test_ssh_failures_are_classified_and_three_auth_failures_end_the_session(broker):
+    h = broker
+    s = await h.create()
+    instance = h.provider.instances_of_label_suffix(s.id)
+    h.clock.advance(seconds=31)
+    h.provider.host(instance).set_authorized_keys([])  # the instance refuses the consumer's key
+    before = sample(metrics.SSH_VERIFY_ERRORS, provider="simulated", error_type="auth_failed")
+    for _ in range(3):
+        h.clock.advance(seconds=20)
+        await h.lifecycle.tick()
+    final = await h.get(s.id)
+    assert final.status == "failed" and "permanent SSH error: auth_failed" in final.error
+    assert sample(metrics.SSH_VERIFY_ERRORS, provider="simulated", error_type="auth_failed") == before + 3
+    assert h.provider.alive_instances() == []
+
+
+async def test_a_client_that_disconnects_mid_create_does_not_cancel_the_create(database_url, redis_url, tmp_path,
+                                                                                 clean_db, redis):
+    """Defect 14: the reference created on the request context, so a disconnect could strand a half-done create."""
+    from gantry_server.providers.vastai import VastAiProvider
+
+    from ..fakes.vastai import FakeVastAi
+
+    fake = FakeVastAi(api_key="vast-test-key")
+    fake.add_offer(gpu_name="RTX 4090", dph_total=0.4)
+    release = asyncio.Event()
+
+    async def slow_create(inst):
+        await release.wait()  # the provider takes its time; the client gives up meanwhile
+        return None
+
+    fake.on_instance_created = slow_create
+    await fake.start()
+    provider = VastAiProvider(api_key="vast-test-key", base_url=fake.base_url)
+    try:
+        async with running_broker(database_url, redis_url, tmp_path, provider=provider) as h:
+            offer = (await h.app.rt.inventory.provider_offers())[0].offer_id
+            call = h.stub.CreateSession(sessions_pb2.CreateSessionRequest(
+                consumer_id="app", offer_id=offer, workload_type="llm", reservation_hours=1, request_id="r1"),
+                timeout=0.5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            release.set()
+            for _ in range(200):
+                async with h.app.rt.engine.connect() as conn:
+                    row = (await conn.execute(select(broker_sessions))).first()
+                if row.status != "pending":
+                    break
+                await asyncio.sleep(0.02)
+            assert row.status == "provisioning" and row.provider_instance_id in fake.alive
+            again = await h.create(offer_id=offer, request_id="r1")  # the retry gets the session and its key
+            assert again.id == row.id and h.keys[row.id].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+            await h.stub.DestroySession(sessions_pb2.DestroySessionRequest(id=row.id))
+            assert fake.alive == set()
+    finally:
+        await provider.aclose()
+        await fake.stop()
