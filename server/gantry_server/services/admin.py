@@ -13,13 +13,16 @@ from sqlalchemy.exc import IntegrityError
 
 from gantry.admin.v1 import admin_pb2, admin_pb2_grpc
 
+from ..domain.attestation.measurements import MeasurementEntry, merge, problems
 from ..domain.validation import Violations, is_ss58
 from ..domain.auth import api_keys
-from ..errors import Conflict, InvalidArgument, NotFound
+from ..errors import Conflict, FieldViolation, InvalidArgument, NotFound
 from ..runtime import Runtime
 from ..store.db import unit_of_work
 from ..store.repositories.metagraph import MetagraphRepository
+from ..store.repositories.tdx import MeasurementRepository
 from ..store.repositories.users import UserRepository
+from .servers import file_measurements
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -111,3 +114,33 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if not await UserRepository(conn).revoke_api_key(request.api_key_id, self.rt.clock.now()):
                 raise NotFound(f"no live API key {request.api_key_id}", reason="API_KEY_NOT_FOUND")
         return admin_pb2.RevokeApiKeyResponse()
+
+    # -- TDX measurement policy (seed 001 attestation; domain/attestation/measurements.py) ---------------------
+    @staticmethod
+    def _policy_message(entry) -> admin_pb2.MeasurementPolicy:
+        out = admin_pb2.MeasurementPolicy(version=entry.version, name=entry.name, mrtd=entry.mrtd,
+                                          boot_rtmrs=entry.boot_rtmrs, runtime_rtmrs=entry.runtime_rtmrs,
+                                          expected_gpus=entry.expected_gpus)
+        if entry.gpu_count is not None:
+            out.gpu_count = entry.gpu_count
+        return out
+
+    async def PutMeasurementPolicy(self, request, context):
+        """Create or replace one allowed measurement set; it applies to the next attestation on every replica."""
+        fields = dict(name=request.name, version=request.version, mrtd=request.mrtd,
+                      boot_rtmrs=list(request.boot_rtmrs), runtime_rtmrs=list(request.runtime_rtmrs),
+                      expected_gpus=list(request.expected_gpus),
+                      gpu_count=request.gpu_count if request.HasField("gpu_count") else None)
+        if bad := problems(**fields):
+            raise InvalidArgument.fields([FieldViolation(field, why) for field, why in bad])
+        entry = MeasurementEntry.of(**fields)
+        async with unit_of_work(self.rt.engine) as conn:
+            created = await MeasurementRepository(conn).put(entry, self.rt.clock.now())
+        return admin_pb2.PutMeasurementPolicyResponse(policy=self._policy_message(entry), created=created)
+
+    async def ListMeasurementPolicies(self, request, context):
+        """Every entry a quote may match: GANTRY_TDX_MEASUREMENTS_FILE overlaid by the stored ones."""
+        async with self.rt.engine.connect() as conn:
+            stored = await MeasurementRepository(conn).all()
+        entries = merge(file_measurements(self.rt.settings.attestation), stored)
+        return admin_pb2.ListMeasurementPoliciesResponse(policies=[self._policy_message(e) for e in entries])

@@ -1,0 +1,108 @@
+"""Runtime evidence pulled from a server being registered, and the GPU-evidence seam.
+
+Registration is pull-based: the validator makes a fresh nonce, GETs the server's attestation endpoint (a URL
+template, `GANTRY_TDX_ATTESTATION_URL`, e.g. `https://{host}:30443/server/attest?nonce={nonce}`) and receives
+`{"tdx_quote": <base64>, "nvtrust_evidence": <GPU evidence>}`. The quote is then verified like any other; the GPU
+evidence goes to a `GpuEvidenceVerifier`. Production runs a configured verifier command (an NVIDIA attestation
+tool: JSON on stdin, exit 0 = verified); with none configured registration is refused, never waved through.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from .failures import EVIDENCE_UNAVAILABLE, GPU_EVIDENCE_INVALID, AttestationFailure
+
+MAX_EVIDENCE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class RuntimeEvidence:
+    quote_b64: str
+    gpu_evidence: str
+
+
+def _url_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+class EvidenceClient:
+    """GET the attestation endpoint of a server. TLS certificates of attestation proxies are self-issued, so they
+    are not verified against a CA: the quote's report data (our fresh nonce) is what authenticates the answer."""
+
+    def __init__(self, url_template: str, *, timeout: float = 15.0) -> None:
+        self.url_template = url_template
+        self.timeout = timeout
+
+    def url(self, *, host: str, server_id: str, nonce: str) -> str:
+        return self.url_template.format(host=_url_host(host), server_id=server_id, nonce=nonce)
+
+    async def fetch(self, *, host: str, server_id: str, nonce: str) -> RuntimeEvidence:
+        url = self.url(host=host, server_id=server_id, nonce=nonce)
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, verify=False, follow_redirects=False) as client:
+                response = await client.get(url)
+            if response.status_code != 200:
+                raise ValueError(f"answered HTTP {response.status_code}")
+            if len(response.content) > MAX_EVIDENCE_BYTES:
+                raise ValueError("answer is larger than 4 MiB")
+            doc = response.json()
+            quote = doc.get("tdx_quote") or doc.get("quote")
+            if not isinstance(quote, str) or not quote:
+                raise ValueError("answer has no tdx_quote")
+            gpu = doc.get("nvtrust_evidence", "")
+            return RuntimeEvidence(quote_b64=quote, gpu_evidence=gpu if isinstance(gpu, str) else json.dumps(gpu))
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            raise AttestationFailure(
+                EVIDENCE_UNAVAILABLE, f"cannot read attestation evidence from {url.split('?')[0]}: "
+                f"{str(exc) or type(exc).__name__}; the server's attestation endpoint must be reachable from the "
+                f"validator", url=url.split("?")[0]) from None
+
+
+class GpuEvidenceVerifier(Protocol):
+    async def verify(self, *, evidence: str, nonce: str, gpus: list[dict]) -> None: ...
+
+
+class NoGpuEvidenceVerifier:
+    """The default: there is nothing to verify GPU evidence with, so it is not verified, and registration stops."""
+
+    async def verify(self, *, evidence: str, nonce: str, gpus: list[dict]) -> None:
+        raise AttestationFailure(GPU_EVIDENCE_INVALID, "GPU evidence cannot be verified: no GPU evidence verifier "
+                                 "is configured on this validator (GANTRY_GPU_EVIDENCE_VERIFIER)")
+
+
+class CommandGpuEvidenceVerifier:
+    """Run a verifier command with `{"nonce", "evidence", "gpus"}` as JSON on stdin; exit 0 means verified, any
+    other exit refuses with the command's last output line as the reason."""
+
+    def __init__(self, argv: tuple[str, ...], *, timeout: float = 60.0) -> None:
+        self.argv = tuple(argv)
+        self.timeout = timeout
+
+    async def verify(self, *, evidence: str, nonce: str, gpus: list[dict]) -> None:
+        payload = json.dumps({"nonce": nonce, "evidence": evidence, "gpus": gpus}).encode()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise AttestationFailure(GPU_EVIDENCE_INVALID, f"GPU evidence verifier cannot start: {exc}") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(payload), self.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AttestationFailure(GPU_EVIDENCE_INVALID,
+                                     f"GPU evidence verifier did not answer within {self.timeout:g} s") from None
+        if proc.returncode != 0:
+            lines = [ln for ln in (err or out).decode(errors="replace").splitlines() if ln.strip()]
+            why = lines[-1].strip()[:300] if lines else f"exit code {proc.returncode}"
+            raise AttestationFailure(GPU_EVIDENCE_INVALID, f"GPU evidence refused: {why}")
