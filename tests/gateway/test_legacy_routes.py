@@ -15,7 +15,8 @@ from tests.conftest import ADMIN_METADATA
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 SAMPLES = {"hotkey": ALICE, "version": "0.3.1", "id": "vastai-102", "hash_id": "abc123"}
 BROKER_PREFIXES = ("/api/v1/", "/health", "/ready", "/metrics", "/admin/v1/")
-BUILT = {"/health", "/ready", "/metrics", "/miner/metagraph"}
+BUILT = {"/health", "/ready", "/metrics", "/miner/metagraph", "/servers/nonce", "/api/v1/costs", "/api/v1/costs/summary",
+         "/api/v1/inventory", "/api/v1/sessions", "/api/v1/offer-health"}
 
 
 def fill(template: str) -> str:
@@ -38,11 +39,12 @@ async def test_every_legacy_route_answers_through_the_gateway(http, seed, name, 
     kw = {"json": {}} if verb in ("POST", "PUT", "PATCH") else {}
     response = await http.request(verb, path, headers={"X-Request-ID": rid}, **kw)
     assert response.headers["x-request-id"] == rid
-    if template in BUILT:
+    if verb == "GET" and template in BUILT:  # built reads answer 200 even for the sample call
         assert response.status_code == 200, response.text
         return
-    # 501: not built yet; 400/401/403/422: the auth layer refused the sample call first (no credentials)
-    assert response.status_code in (400, 401, 403, 422, 501), (response.status_code, response.text)
+    # 501: not built yet; 400/401/403/422: the auth layer refused the sample call first (no credentials);
+    # 404: a built lookup that does not know the sample id; 400 also: a built route refusing the sample call
+    assert response.status_code in (400, 401, 403, 404, 422, 501), (response.status_code, response.text)
     assert response.headers["content-type"] == "application/json"
     assert_family_error(template, response, rid)
     if response.status_code == 501:
@@ -102,7 +104,7 @@ async def test_metagraph_after_seeding_through_the_admin_route(http, clean_db):
 async def test_literal_segment_wins_over_variable(http):
     literal = await http.get("/servers/nonce")
     variable = await http.get("/servers/some-server")
-    assert "ServerService.GetNonce" in literal.text
+    assert literal.status_code == 200 and len(literal.json()["nonce"]) == 64  # GetNonce
     assert "GetNonce" not in variable.text  # GetServerDetails (auth or 501), never the nonce endpoint
 
 
@@ -121,5 +123,5 @@ async def test_request_id_is_echoed_or_replaced(http):
     assert kept.headers["x-request-id"] == "client.id-1_A"
     replaced = await http.get("/ready", headers={"X-Request-ID": "bad id with spaces"})
     assert re.fullmatch(r"[0-9a-f-]{36}", replaced.headers["x-request-id"])
-    error = await http.get("/api/v1/costs", headers={"X-Request-ID": "cost-1"})
+    error = await http.get("/api/v1/costs?session_id=unknown", headers={"X-Request-ID": "cost-1"})
     assert error.headers["x-request-id"] == "cost-1" and error.json()["request_id"] == "cost-1"

@@ -365,11 +365,11 @@ class SessionManager:
         return running
 
     async def _record_offer_failure(self, row: Row, failure_type: str, reason: str) -> None:
-        try:
-            offer = await self.b.inventory.provider_offer(row.offer_id)
-        except GantryError:
-            return  # the offer left the inventory; nothing to lower
-        await self.b.inventory.record_failure(offer, failure_type, reason)
+        """Recorded from the session's own fields: an offer already evicted or suppressed still counts."""
+        from .failures import OfferRef  # noqa: PLC0415
+
+        await self.b.inventory.record_failure(OfferRef(row.offer_id, row.provider, row.gpu_type, row.machine_id),
+                                              failure_type, reason[:2000])
         self.b.inventory.evict(row.offer_id)
 
     async def _release(self, row: Row, **values: Any) -> Row:

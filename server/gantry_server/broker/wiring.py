@@ -80,6 +80,8 @@ async def start_broker(rt: Runtime, providers: dict | None = None) -> None:
 async def stop_broker(rt: Runtime, *, close_providers: bool = True) -> None:
     if rt.lifecycle is not None:
         await rt.lifecycle.shutdown(rt.settings.broker.shutdown_policy)
+    if rt.inventory is not None:
+        await rt.inventory.aclose()  # its background refreshes must not outlive the engine
     if close_providers:
         for provider in rt.providers.values():
             try:

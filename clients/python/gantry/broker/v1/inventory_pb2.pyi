@@ -179,9 +179,9 @@ class ListOffersRequest(_message.Message):
     provider: _builtins.str
     """"vastai", "tensordock", ...; an unknown provider is 400."""
     gpu_type: _builtins.str
-    """Exact match, e.g. "RTX 4090"."""
+    """e.g. "RTX 4090"; case, spaces, "-" and "_" are ignored ("rtx4090" matches)."""
     location: _builtins.str
-    """Exact match."""
+    """Case-insensitive substring, e.g. "texas"."""
     min_vram: _builtins.int
     """Minimum VRAM in GB, >= 0."""
     max_price: _builtins.float

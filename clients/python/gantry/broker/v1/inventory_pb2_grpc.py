@@ -61,7 +61,8 @@ class InventoryServiceServicer:
 
     def ListOffers(self, request, context):
         """GET /api/v1/inventory: offers from all providers, filtered, sorted by availability_confidence descending
-        then price ascending; total counts the matches before limit/offset. Unknown provider or a bad number is 400.
+        then price ascending, then id; total counts the matches before limit/offset. Unknown provider or a bad number
+        is 400; zero providers configured is an empty list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

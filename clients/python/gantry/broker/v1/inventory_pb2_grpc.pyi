@@ -35,7 +35,8 @@ class InventoryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> InventoryServiceAsyncStub: ...
     ListOffers: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListOffersRequest, _inventory_pb2.ListOffersResponse]
     """GET /api/v1/inventory: offers from all providers, filtered, sorted by availability_confidence descending
-    then price ascending; total counts the matches before limit/offset. Unknown provider or a bad number is 400.
+    then price ascending, then id; total counts the matches before limit/offset. Unknown provider or a bad number
+    is 400; zero providers configured is an empty list.
     """
     GetOffer: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetOfferRequest, _inventory_pb2.GetOfferResponse]
     """GET /api/v1/inventory/{id}: one offer, consistent with the list (same staleness adjustment); 404 when absent."""
@@ -51,7 +52,8 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListOffers: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListOffersRequest, _inventory_pb2.ListOffersResponse]  # type: ignore[assignment]
     """GET /api/v1/inventory: offers from all providers, filtered, sorted by availability_confidence descending
-    then price ascending; total counts the matches before limit/offset. Unknown provider or a bad number is 400.
+    then price ascending, then id; total counts the matches before limit/offset. Unknown provider or a bad number
+    is 400; zero providers configured is an empty list.
     """
     GetOffer: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetOfferRequest, _inventory_pb2.GetOfferResponse]  # type: ignore[assignment]
     """GET /api/v1/inventory/{id}: one offer, consistent with the list (same staleness adjustment); 404 when absent."""
@@ -70,7 +72,8 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.ListOffersResponse, _abc.Awaitable[_inventory_pb2.ListOffersResponse]]:
         """GET /api/v1/inventory: offers from all providers, filtered, sorted by availability_confidence descending
-        then price ascending; total counts the matches before limit/offset. Unknown provider or a bad number is 400.
+        then price ascending, then id; total counts the matches before limit/offset. Unknown provider or a bad number
+        is 400; zero providers configured is an empty list.
         """
 
     @_abc_1.abstractmethod

@@ -268,7 +268,9 @@ class CreateSessionRequest(_message.Message):
     template_hash_id: _builtins.str
     """Vast.ai template: its image, env and on-start; SSH stays enabled."""
     auto_retry: _builtins.bool
-    """Retry on a comparable offer when the chosen one turns out to be gone."""
+    """Retry on a comparable offer when the chosen one turns out to be gone. Validated and stored; not acted on yet
+    (a stale offer answers 503 and the client picks again).
+    """
     max_retries: _builtins.int
     """Defaults to 3 when <= 0, capped at 5."""
     retry_scope: _builtins.str

@@ -89,7 +89,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """GET /api/v1/sessions: newest first; an unknown status gives an empty list.
+        """GET /api/v1/sessions: newest first; an unknown status is 400 naming the field (the reference silently
+        returned an empty list). page_size/page_token page through the list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,7 +111,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DoneSession(self, request, context):
-        """POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance. 409 when stopped or failed.
+        """POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance (storage_policy "preserve":
+        stops it and keeps the disk). Answers once the provider confirmed it; 409 when stopped or failed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +127,8 @@ class SessionServiceServicer:
 
     def DestroySession(self, request, context):
         """DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed).
+        On a preserved session it deletes the kept disk. The message says "session destruction in progress" while
+        the provider has not yet confirmed; the lifecycle loop keeps trying.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

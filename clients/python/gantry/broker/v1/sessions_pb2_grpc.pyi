@@ -39,17 +39,24 @@ class SessionServiceStub:
     (consumer_id, offer_id), 503 stale_inventory.
     """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.ListSessionsRequest, _sessions_pb2.ListSessionsResponse]
-    """GET /api/v1/sessions: newest first; an unknown status gives an empty list."""
+    """GET /api/v1/sessions: newest first; an unknown status is 400 naming the field (the reference silently
+    returned an empty list). page_size/page_token page through the list.
+    """
     GetSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.GetSessionRequest, _sessions_pb2.GetSessionResponse]
     """GET /api/v1/sessions/{id}: the session (never the private key); 404 when unknown."""
     GetSessionDiagnostics: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.GetSessionDiagnosticsRequest, _sessions_pb2.GetSessionDiagnosticsResponse]
     """GET /api/v1/sessions/{id}/diagnostics: connection summary of a running session; 400 when not running."""
     DoneSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.DoneSessionRequest, _sessions_pb2.DoneSessionResponse]
-    """POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance. 409 when stopped or failed."""
+    """POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance (storage_policy "preserve":
+    stops it and keeps the disk). Answers once the provider confirmed it; 409 when stopped or failed.
+    """
     ExtendSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.ExtendSessionRequest, _sessions_pb2.ExtendSessionResponse]
     """POST /api/v1/sessions/{id}/extend: adds hours; 400 past the 12 h hard max, 409 when stopping/stopped/failed."""
     DestroySession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.DestroySessionRequest, _sessions_pb2.DestroySessionResponse]
-    """DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed)."""
+    """DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed).
+    On a preserved session it deletes the kept disk. The message says "session destruction in progress" while
+    the provider has not yet confirmed; the lifecycle loop keeps trying.
+    """
     WatchSession: _grpc.UnaryStreamMultiCallable[_sessions_pb2.WatchSessionRequest, _sessions_pb2.WatchSessionResponse]
     """GET /api/v1/sessions/{id}/watch (new): one message per status change, the first one is the current state;
     the stream ends after a terminal status (stopped, failed).
@@ -64,17 +71,24 @@ class SessionServiceAsyncStub(SessionServiceStub):
     (consumer_id, offer_id), 503 stale_inventory.
     """
     ListSessions: _aio.UnaryUnaryMultiCallable[_sessions_pb2.ListSessionsRequest, _sessions_pb2.ListSessionsResponse]  # type: ignore[assignment]
-    """GET /api/v1/sessions: newest first; an unknown status gives an empty list."""
+    """GET /api/v1/sessions: newest first; an unknown status is 400 naming the field (the reference silently
+    returned an empty list). page_size/page_token page through the list.
+    """
     GetSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.GetSessionRequest, _sessions_pb2.GetSessionResponse]  # type: ignore[assignment]
     """GET /api/v1/sessions/{id}: the session (never the private key); 404 when unknown."""
     GetSessionDiagnostics: _aio.UnaryUnaryMultiCallable[_sessions_pb2.GetSessionDiagnosticsRequest, _sessions_pb2.GetSessionDiagnosticsResponse]  # type: ignore[assignment]
     """GET /api/v1/sessions/{id}/diagnostics: connection summary of a running session; 400 when not running."""
     DoneSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.DoneSessionRequest, _sessions_pb2.DoneSessionResponse]  # type: ignore[assignment]
-    """POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance. 409 when stopped or failed."""
+    """POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance (storage_policy "preserve":
+    stops it and keeps the disk). Answers once the provider confirmed it; 409 when stopped or failed.
+    """
     ExtendSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.ExtendSessionRequest, _sessions_pb2.ExtendSessionResponse]  # type: ignore[assignment]
     """POST /api/v1/sessions/{id}/extend: adds hours; 400 past the 12 h hard max, 409 when stopping/stopped/failed."""
     DestroySession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.DestroySessionRequest, _sessions_pb2.DestroySessionResponse]  # type: ignore[assignment]
-    """DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed)."""
+    """DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed).
+    On a preserved session it deletes the kept disk. The message says "session destruction in progress" while
+    the provider has not yet confirmed; the lifecycle loop keeps trying.
+    """
     WatchSession: _aio.UnaryStreamMultiCallable[_sessions_pb2.WatchSessionRequest, _sessions_pb2.WatchSessionResponse]  # type: ignore[assignment]
     """GET /api/v1/sessions/{id}/watch (new): one message per status change, the first one is the current state;
     the stream ends after a terminal status (stopped, failed).
@@ -98,7 +112,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sessions_pb2.ListSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_pb2.ListSessionsResponse, _abc.Awaitable[_sessions_pb2.ListSessionsResponse]]:
-        """GET /api/v1/sessions: newest first; an unknown status gives an empty list."""
+        """GET /api/v1/sessions: newest first; an unknown status is 400 naming the field (the reference silently
+        returned an empty list). page_size/page_token page through the list.
+        """
 
     @_abc_1.abstractmethod
     def GetSession(
@@ -122,7 +138,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sessions_pb2.DoneSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_pb2.DoneSessionResponse, _abc.Awaitable[_sessions_pb2.DoneSessionResponse]]:
-        """POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance. 409 when stopped or failed."""
+        """POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance (storage_policy "preserve":
+        stops it and keeps the disk). Answers once the provider confirmed it; 409 when stopped or failed.
+        """
 
     @_abc_1.abstractmethod
     def ExtendSession(
@@ -138,7 +156,10 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sessions_pb2.DestroySessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_pb2.DestroySessionResponse, _abc.Awaitable[_sessions_pb2.DestroySessionResponse]]:
-        """DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed)."""
+        """DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed).
+        On a preserved session it deletes the kept disk. The message says "session destruction in progress" while
+        the provider has not yet confirmed; the lifecycle loop keeps trying.
+        """
 
     @_abc_1.abstractmethod
     def WatchSession(

@@ -296,9 +296,9 @@ type ListOffersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "vastai", "tensordock", ...; an unknown provider is 400.
 	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
-	// Exact match, e.g. "RTX 4090".
+	// e.g. "RTX 4090"; case, spaces, "-" and "_" are ignored ("rtx4090" matches).
 	GpuType string `protobuf:"bytes,2,opt,name=gpu_type,json=gpuType,proto3" json:"gpu_type,omitempty"`
-	// Exact match.
+	// Case-insensitive substring, e.g. "texas".
 	Location string `protobuf:"bytes,3,opt,name=location,proto3" json:"location,omitempty"`
 	// Minimum VRAM in GB, >= 0.
 	MinVram *int32 `protobuf:"varint,4,opt,name=min_vram,json=minVram,proto3,oneof" json:"min_vram,omitempty"`

@@ -33,7 +33,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type InventoryServiceClient interface {
 	// GET /api/v1/inventory: offers from all providers, filtered, sorted by availability_confidence descending
-	// then price ascending; total counts the matches before limit/offset. Unknown provider or a bad number is 400.
+	// then price ascending, then id; total counts the matches before limit/offset. Unknown provider or a bad number
+	// is 400; zero providers configured is an empty list.
 	ListOffers(ctx context.Context, in *ListOffersRequest, opts ...grpc.CallOption) (*ListOffersResponse, error)
 	// GET /api/v1/inventory/{id}: one offer, consistent with the list (same staleness adjustment); 404 when absent.
 	GetOffer(ctx context.Context, in *GetOfferRequest, opts ...grpc.CallOption) (*GetOfferResponse, error)
@@ -97,7 +98,8 @@ func (c *inventoryServiceClient) ListOfferHealth(ctx context.Context, in *ListOf
 // for forward compatibility.
 type InventoryServiceServer interface {
 	// GET /api/v1/inventory: offers from all providers, filtered, sorted by availability_confidence descending
-	// then price ascending; total counts the matches before limit/offset. Unknown provider or a bad number is 400.
+	// then price ascending, then id; total counts the matches before limit/offset. Unknown provider or a bad number
+	// is 400; zero providers configured is an empty list.
 	ListOffers(context.Context, *ListOffersRequest) (*ListOffersResponse, error)
 	// GET /api/v1/inventory/{id}: one offer, consistent with the list (same staleness adjustment); 404 when absent.
 	GetOffer(context.Context, *GetOfferRequest) (*GetOfferResponse, error)

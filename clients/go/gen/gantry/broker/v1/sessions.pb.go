@@ -350,7 +350,8 @@ type CreateSessionRequest struct {
 	DiskGb *int32 `protobuf:"varint,12,opt,name=disk_gb,json=diskGb,proto3,oneof" json:"disk_gb,omitempty"`
 	// Vast.ai template: its image, env and on-start; SSH stays enabled.
 	TemplateHashId string `protobuf:"bytes,13,opt,name=template_hash_id,json=templateHashId,proto3" json:"template_hash_id,omitempty"`
-	// Retry on a comparable offer when the chosen one turns out to be gone.
+	// Retry on a comparable offer when the chosen one turns out to be gone. Validated and stored; not acted on yet
+	// (a stale offer answers 503 and the client picks again).
 	AutoRetry bool `protobuf:"varint,14,opt,name=auto_retry,json=autoRetry,proto3" json:"auto_retry,omitempty"`
 	// Defaults to 3 when <= 0, capped at 5.
 	MaxRetries int32 `protobuf:"varint,15,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`

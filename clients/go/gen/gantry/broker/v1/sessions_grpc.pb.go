@@ -40,17 +40,21 @@ type SessionServiceClient interface {
 	// continues in the background. 400 validation/insufficient_disk, 404 offer, 409 duplicate active session for
 	// (consumer_id, offer_id), 503 stale_inventory.
 	CreateSession(ctx context.Context, in *CreateSessionRequest, opts ...grpc.CallOption) (*CreateSessionResponse, error)
-	// GET /api/v1/sessions: newest first; an unknown status gives an empty list.
+	// GET /api/v1/sessions: newest first; an unknown status is 400 naming the field (the reference silently
+	// returned an empty list). page_size/page_token page through the list.
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 	// GET /api/v1/sessions/{id}: the session (never the private key); 404 when unknown.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
 	// GET /api/v1/sessions/{id}/diagnostics: connection summary of a running session; 400 when not running.
 	GetSessionDiagnostics(ctx context.Context, in *GetSessionDiagnosticsRequest, opts ...grpc.CallOption) (*GetSessionDiagnosticsResponse, error)
-	// POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance. 409 when stopped or failed.
+	// POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance (storage_policy "preserve":
+	// stops it and keeps the disk). Answers once the provider confirmed it; 409 when stopped or failed.
 	DoneSession(ctx context.Context, in *DoneSessionRequest, opts ...grpc.CallOption) (*DoneSessionResponse, error)
 	// POST /api/v1/sessions/{id}/extend: adds hours; 400 past the 12 h hard max, 409 when stopping/stopped/failed.
 	ExtendSession(ctx context.Context, in *ExtendSessionRequest, opts ...grpc.CallOption) (*ExtendSessionResponse, error)
 	// DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed).
+	// On a preserved session it deletes the kept disk. The message says "session destruction in progress" while
+	// the provider has not yet confirmed; the lifecycle loop keeps trying.
 	DestroySession(ctx context.Context, in *DestroySessionRequest, opts ...grpc.CallOption) (*DestroySessionResponse, error)
 	// GET /api/v1/sessions/{id}/watch (new): one message per status change, the first one is the current state;
 	// the stream ends after a terminal status (stopped, failed).
@@ -162,17 +166,21 @@ type SessionServiceServer interface {
 	// continues in the background. 400 validation/insufficient_disk, 404 offer, 409 duplicate active session for
 	// (consumer_id, offer_id), 503 stale_inventory.
 	CreateSession(context.Context, *CreateSessionRequest) (*CreateSessionResponse, error)
-	// GET /api/v1/sessions: newest first; an unknown status gives an empty list.
+	// GET /api/v1/sessions: newest first; an unknown status is 400 naming the field (the reference silently
+	// returned an empty list). page_size/page_token page through the list.
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	// GET /api/v1/sessions/{id}: the session (never the private key); 404 when unknown.
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
 	// GET /api/v1/sessions/{id}/diagnostics: connection summary of a running session; 400 when not running.
 	GetSessionDiagnostics(context.Context, *GetSessionDiagnosticsRequest) (*GetSessionDiagnosticsResponse, error)
-	// POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance. 409 when stopped or failed.
+	// POST /api/v1/sessions/{id}/done: the consumer is finished; destroys the instance (storage_policy "preserve":
+	// stops it and keeps the disk). Answers once the provider confirmed it; 409 when stopped or failed.
 	DoneSession(context.Context, *DoneSessionRequest) (*DoneSessionResponse, error)
 	// POST /api/v1/sessions/{id}/extend: adds hours; 400 past the 12 h hard max, 409 when stopping/stopped/failed.
 	ExtendSession(context.Context, *ExtendSessionRequest) (*ExtendSessionResponse, error)
 	// DELETE /api/v1/sessions/{id}: force destroy; idempotent (200 for a session already stopping/stopped/failed).
+	// On a preserved session it deletes the kept disk. The message says "session destruction in progress" while
+	// the provider has not yet confirmed; the lifecycle loop keeps trying.
 	DestroySession(context.Context, *DestroySessionRequest) (*DestroySessionResponse, error)
 	// GET /api/v1/sessions/{id}/watch (new): one message per status change, the first one is the current state;
 	// the stream ends after a terminal status (stopped, failed).

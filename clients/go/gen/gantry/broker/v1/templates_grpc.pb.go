@@ -5,7 +5,8 @@
 // source: gantry/broker/v1/templates.proto
 
 // Vast.ai templates of the broker face (seed 004): pre-configured images with env and start-up commands,
-// usable as template_hash_id when creating a session. Answers 500 when no Vast.ai provider is configured.
+// usable as template_hash_id when creating a session. Answers 400 (FAILED_PRECONDITION) when no provider with
+// templates (Vast.ai) is configured.
 
 package brokerv1
 
