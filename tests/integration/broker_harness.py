@@ -102,7 +102,7 @@ async def running_broker(database_url: str, redis_url: str, tmp_path, *, provide
     settings = make_settings(database_url, redis_url, tmp_path, broker=broker_settings(**broker_kw))
     provider = provider or SimulatedProvider(clock=clock, offer_count=settings.broker.simulated_offer_count,
                                              boot_seconds=settings.broker.simulated_boot_seconds)
-    app = GantryApp(settings, clock=clock, providers={provider.name: provider})
+    app = GantryApp(settings, clock=clock, providers={provider.name: provider} if settings.broker.providers else {})
     await app.start()
     try:
         async with grpc.aio.insecure_channel(app.grpc_addr) as channel, \

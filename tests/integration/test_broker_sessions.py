@@ -609,3 +609,39 @@ async def test_a_client_that_disconnects_mid_create_does_not_cancel_the_create(d
     finally:
         await provider.aclose()
         await fake.stop()
+
+
+async def test_entrypoint_sessions_are_verified_by_their_exposed_port(broker):
+    """Defect 10: on the reference an entrypoint session could never verify (api_port was never stored)."""
+    h = broker
+    s = await h.create(launch_mode="entrypoint", docker_image="vllm/vllm-openai:latest", exposed_ports=[8000],
+                       model_id="TinyLlama/TinyLlama-1.1B-Chat-v1.0")
+    assert s.launch_mode == "entrypoint" and s.api_port == 8000
+    running = await h.boot(s.id)
+    assert running.status == "running"
+    assert running.api_endpoint.startswith("http://127.0.0.1:")
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{running.api_endpoint}/health")).status_code == 200
+    again = await h.get(s.id)  # persisted: GET shows what the create showed
+    assert again.model_id == "TinyLlama/TinyLlama-1.1B-Chat-v1.0" and again.api_port == 8000
+
+
+async def test_health_says_when_the_inventory_is_degraded_or_has_no_provider(broker, database_url, redis_url,
+                                                                            tmp_path):
+    """BUG-003: a broker whose providers failed (or were never configured) looked healthy."""
+    h = broker
+    assert (await h.http.get("/health")).json()["services"]["inventory"] == "ok"
+    h.provider.fail_next("list_offers")
+    h.clock.advance(minutes=5)  # past the offer TTL: the next read refreshes and the provider fails
+    await h.http.get("/api/v1/inventory")
+    await h.app.rt.inventory.drain()
+    assert (await h.http.get("/health")).json()["services"]["inventory"] == "degraded"
+    h.clock.advance(minutes=1)
+    await h.http.get("/api/v1/inventory")
+    await h.app.rt.inventory.drain()
+    assert (await h.http.get("/health")).json()["services"]["inventory"] == "ok"
+    async with running_broker(database_url, redis_url, tmp_path / "none", providers=()) as none:
+        body = (await none.http.get("/health")).json()
+    assert body["services"]["inventory"] == "no providers"

@@ -548,6 +548,13 @@ class Inventory:
         await self.templates.aclose()
         await self.failures.aclose()
 
+    def health(self) -> str:
+        """For /health: "ok", "degraded" (a provider's last listing failed) or "no providers" (BUG-003: a
+        broker without providers must say so, never look healthy in a silent demo mode)."""
+        if not self._caches:
+            return "no providers"
+        return "degraded" if any(c.error is not None for c in self._caches.values()) else "ok"
+
     def fetch_counts(self) -> dict[str, int]:
         """Provider list calls started so far, per provider (observability, tests)."""
         return {name: c.fetches for name, c in self._caches.items()}

@@ -9,6 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from ..runtime import Runtime
 
 
+def state_inventory(rt: Runtime) -> str:
+    return rt.inventory.health() if rt.inventory is not None else "starting"
+
+
 class OpsService(ops_pb2_grpc.OpsServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -24,7 +28,7 @@ class OpsService(ops_pb2_grpc.OpsServiceServicer):
             timestamp=self._timestamp(),
             services=ops_pb2.HealthServices(
                 lifecycle="running" if state.lifecycle_running else "stopped",
-                inventory="ok",
+                inventory=state_inventory(self.rt),
                 ready="true" if state.ready else "false",
             ),
         )

@@ -43,7 +43,7 @@ class HealthServices(_message.Message):
     lifecycle: _builtins.str
     """"running" or "stopped"."""
     inventory: _builtins.str
-    """"ok" or "degraded"."""
+    """"ok", "degraded" (a provider's last offer listing failed), "no providers" (none configured) or "starting"."""
     ready: _builtins.str
     """"true" or "false" (a string in the legacy body)."""
     def __init__(

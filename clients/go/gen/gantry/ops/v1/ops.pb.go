@@ -65,7 +65,7 @@ type HealthServices struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "running" or "stopped".
 	Lifecycle string `protobuf:"bytes,1,opt,name=lifecycle,proto3" json:"lifecycle,omitempty"`
-	// "ok" or "degraded".
+	// "ok", "degraded" (a provider's last offer listing failed), "no providers" (none configured) or "starting".
 	Inventory string `protobuf:"bytes,2,opt,name=inventory,proto3" json:"inventory,omitempty"`
 	// "true" or "false" (a string in the legacy body).
 	Ready         string `protobuf:"bytes,3,opt,name=ready,proto3" json:"ready,omitempty"`
