@@ -334,6 +334,7 @@ async def test_idle_sessions_are_shut_down_busy_ones_are_not(broker):
         await h.lifecycle.tick()
     assert (await h.get(idle.id)).status == "stopped"
     assert (await h.row(idle.id)).stop_reason == "idle"
+    assert await h.recorded_cost(idle.id) > 0
     assert (await h.get(busy.id)).status == "running"
 
 
@@ -478,6 +479,7 @@ async def test_shutdown_policy_destroy_ends_every_session_in_the_database_too(da
             for sid in engine_rows:
                 row = await h2.row(sid)
                 assert row.status == "stopped" and row.stop_reason == "shutdown"
+                assert await h2.recorded_cost(sid) > 0  # billed until the shutdown destroyed it
     finally:
         await provider.shutdown()
 
@@ -645,3 +647,43 @@ async def test_health_says_when_the_inventory_is_degraded_or_has_no_provider(bro
     async with running_broker(database_url, redis_url, tmp_path / "none", providers=()) as none:
         body = (await none.http.get("/health")).json()
     assert body["services"]["inventory"] == "no providers"
+
+
+async def test_a_create_whose_process_died_is_adopted_or_failed_by_the_loop(broker):
+    """A crash between the row and the provider's answer: the instance (found by its label) is adopted and
+    verified, or, when the provider never made one, the session fails without cost."""
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from gantry_server.broker.keys import generate_keypair
+    from gantry_server.providers.base import instance_label
+
+    h = broker
+    offer = (await h.app.rt.inventory.provider_offers())[0]
+    ids = ["00000000-0000-4000-8000-0000000000a1", "00000000-0000-4000-8000-0000000000a2"]
+    keys = {}
+    async with h.app.rt.engine.begin() as conn:
+        for i, sid in enumerate(ids):
+            keys[sid] = generate_keypair()
+            await conn.execute(insert(broker_sessions).values(
+                id=sid, consumer_id=f"crashed-{i}", provider="simulated", offer_id=offer.offer_id,
+                gpu_type=offer.gpu_type, status="pending", ssh_user="root", ssh_public_key=keys[sid].public_openssh,
+                ssh_private_key_enc=h.app.rt.keyring.encrypt(keys[sid].private_pem.encode(),
+                                                             context=f"broker-session-key:{sid}".encode()),
+                workload_type="llm", reservation_hours=1, price_per_hour=offer.price_per_hour,
+                created_at=h.clock.now(), expires_at=h.clock.now() + timedelta(hours=1),
+                provision_deadline=h.clock.now() + timedelta(minutes=10), updated_at=h.clock.now(),
+                lease_owner="dead-process:1", lease_until=h.clock.now() + timedelta(minutes=3)))
+    deployment = h.app.rt.sessions.b.deployment_id
+    made = await h.provider.adopt_foreign(instance_label(deployment, ids[0]))  # the provider did create this one
+    h.clock.advance(minutes=2)
+    await h.lifecycle.tick()
+    assert (await h.row(ids[0])).status == "pending"  # the dead process's lease still holds
+    h.clock.advance(minutes=2)
+    await h.lifecycle.tick()
+    adopted, never = await h.row(ids[0]), await h.row(ids[1])
+    assert adopted.status == "provisioning" and adopted.provider_instance_id == made
+    assert never.status == "failed" and await h.recorded_cost(ids[1]) == 0
+    await h.stub.DestroySession(sessions_pb2.DestroySessionRequest(id=ids[0]))
+    assert h.provider.instance_state(made) == "gone"
