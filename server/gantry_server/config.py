@@ -246,6 +246,9 @@ class AttestationSettings:
     root_ca_file: Path | None = None  # PEM root of trust replacing Intel's SGX root CA (tests, private PKI)
     measurements_file: Path | None = None  # JSON measurement sets, merged with those loaded through AdminService
     attestation_url: str = "https://{host}:30443/server/attest?nonce={nonce}"  # server registration pull
+    # The registration pull goes to a host the miner names: private, loopback and link-local addresses are refused
+    # (the validator must not be steered at its own network) unless this is set (a private cluster; tests).
+    attestation_allow_private_hosts: bool = False
     client_cert_binding: bool = False  # require report_data[32:64] = sha256(mTLS client cert key) (x-client-cert)
     luks_passphrase: str | None = field(default=None, repr=False)  # root-disk key returned by boot attestation
     gpu_evidence_verifier: tuple[str, ...] = ()  # argv of the GPU evidence verifier; empty refuses registration
@@ -280,6 +283,8 @@ def _attestation_from_env(get) -> AttestationSettings:
             raise ConfigError("GANTRY_TDX_ATTESTATION_URL must be an http(s) URL template with {host} and {nonce} "
                               f"(and optionally {{server_id}}), got {v!r}")
         kw["attestation_url"] = v
+    if v := get("GANTRY_TDX_ATTESTATION_ALLOW_PRIVATE_HOSTS"):
+        kw["attestation_allow_private_hosts"] = _bool("GANTRY_TDX_ATTESTATION_ALLOW_PRIVATE_HOSTS", v)
     if v := get("GANTRY_TDX_CLIENT_CERT_BINDING"):
         kw["client_cert_binding"] = _bool("GANTRY_TDX_CLIENT_CERT_BINDING", v)
     if v := get("GANTRY_LUKS_PASSPHRASE"):

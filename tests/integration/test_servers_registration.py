@@ -207,3 +207,15 @@ async def test_runtime_nonce_is_for_the_servers_own_address_only(w):
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and error_info(err.value).reason == "IP_MISMATCH"
     async with w.app.rt.engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(server_attestations)) == 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.0.0.7", "169.254.169.254", "::1"])
+async def test_a_miner_cannot_point_the_validator_at_a_private_address(host):
+    """The registration pull connects where the miner says: never into the validator's own network."""
+    from gantry_server.domain.attestation.evidence import EvidenceClient
+    from gantry_server.domain.attestation.failures import AttestationFailure
+
+    client = EvidenceClient("http://{host}:1/server/attest?nonce={nonce}")
+    with pytest.raises(AttestationFailure) as err:
+        await client.fetch(host=host, server_id="s", nonce="n")
+    assert err.value.reason == "EVIDENCE_UNAVAILABLE" and "not a public address" in err.value.message

@@ -121,7 +121,7 @@ class ServerService(servers_pb2_grpc.ServerServiceServicer):
         verifier = DcapVerifier(_collateral(rt, cfg), accepted_statuses=cfg.accepted_tcb_statuses,
                                 root_ca_der=_root_ca_der(cfg.root_ca_file))
         self.attestor = Attestor(verifier, require_client_cert=cfg.client_cert_binding)
-        self.evidence = EvidenceClient(cfg.attestation_url)
+        self.evidence = EvidenceClient(cfg.attestation_url, allow_private_hosts=cfg.attestation_allow_private_hosts)
         self.gpu_verifier = (CommandGpuEvidenceVerifier(cfg.gpu_evidence_verifier) if cfg.gpu_evidence_verifier
                              else NoGpuEvidenceVerifier())
         self.nonces = AttestationNonces(rt.redis, rt.clock)

@@ -38,15 +38,37 @@ class EvidenceClient:
     """GET the attestation endpoint of a server. TLS certificates of attestation proxies are self-issued, so they
     are not verified against a CA: the quote's report data (our fresh nonce) is what authenticates the answer."""
 
-    def __init__(self, url_template: str, *, timeout: float = 15.0) -> None:
+    def __init__(self, url_template: str, *, timeout: float = 15.0, allow_private_hosts: bool = False) -> None:
         self.url_template = url_template
         self.timeout = timeout
+        self.allow_private_hosts = allow_private_hosts
+
+    async def _check_public(self, host: str) -> None:
+        """Refuse a host that resolves to a non-public address: the miner names it, the validator connects.
+
+        The check resolves once and httpx resolves again, so a DNS answer that changes in between (rebinding) is
+        not caught; a deployment that must exclude that runs the validator's egress through a filtering proxy.
+        """
+        if self.allow_private_hosts:
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except OSError as exc:
+            raise AttestationFailure(EVIDENCE_UNAVAILABLE, f"cannot resolve server host {host!r}: {exc}",
+                                     host=host) from None
+        for info in infos:
+            address = ipaddress.ip_address(info[4][0].split("%")[0])
+            if not address.is_global or address.is_multicast:
+                raise AttestationFailure(
+                    EVIDENCE_UNAVAILABLE, f"server host {host!r} resolves to {address}, which is not a public "
+                    "address; the validator only pulls attestation evidence from public hosts", host=host)
 
     def url(self, *, host: str, server_id: str, nonce: str) -> str:
         return self.url_template.format(host=_url_host(host), server_id=server_id, nonce=nonce)
 
     async def fetch(self, *, host: str, server_id: str, nonce: str) -> RuntimeEvidence:
         url = self.url(host=host, server_id=server_id, nonce=nonce)
+        await self._check_public(host)
         try:
             async with httpx.AsyncClient(timeout=self.timeout, verify=False, follow_redirects=False) as client:
                 response = await client.get(url)
