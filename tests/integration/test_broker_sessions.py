@@ -687,3 +687,35 @@ async def test_a_create_whose_process_died_is_adopted_or_failed_by_the_loop(brok
     assert never.status == "failed" and await h.recorded_cost(ids[1]) == 0
     await h.stub.DestroySession(sessions_pb2.DestroySessionRequest(id=ids[0]))
     assert h.provider.instance_state(made) == "gone"
+
+
+async def test_auto_retry_moves_a_stale_create_to_a_comparable_offer_with_the_same_key(broker):
+    """Reference §3.10 (sync retry), without its lost-key defect 11: the session and its key stay the same."""
+    h = broker
+    offers = {o.offer_id: o for o in await h.app.rt.inventory.provider_offers()}
+    first = next(o.offer_id for o in offers.values() if o.gpu_type == "RTX 4090")
+    h.provider.fail_next_create(ErrorKind.STALE_INVENTORY, times=2)
+    response = await h.stub.CreateSession(sessions_pb2.CreateSessionRequest(
+        consumer_id="app", offer_id=first, workload_type="llm", reservation_hours=1, auto_retry=True,
+        max_retries=3, retry_scope="same_vram"))
+    s = response.session
+    assert response.retries_attempted == 2 and s.retry_count == 2 and s.status == "provisioning"
+    failed = s.failed_offers.split(",")
+    assert first in failed and len(failed) == 2
+    row = await h.row(s.id)
+    landed = offers[row.offer_id]
+    assert row.offer_id not in failed and landed.vram_gb >= offers[first].vram_gb
+    assert landed.price_per_hour <= 1.5 * max(offers[f].price_per_hour for f in failed)
+    assert s.price_per_hour == landed.price_per_hour  # billed at the offer it really runs on
+    running = await h.boot(s.id)
+    await check_ssh(running.ssh_host, running.ssh_port, "root", response.ssh_private_key)
+
+    # Out of retries: the last stale offer's 503, and the session ends failed without cost.
+    h.provider.fail_next_create(ErrorKind.STALE_INVENTORY, times=2)
+    h100 = next(o.offer_id for o in offers.values() if o.gpu_type == "H100")  # evicted offers are 404 now
+    err = await expect_error(h.stub.CreateSession(sessions_pb2.CreateSessionRequest(
+        consumer_id="app2", offer_id=h100, workload_type="llm", reservation_hours=1, auto_retry=True,
+        max_retries=1)), grpc.StatusCode.UNAVAILABLE)
+    assert error_info(err).metadata["error_type"] == "stale_inventory"
+    ended = await h.row(error_info(err).metadata["session_id"])
+    assert ended.status == "failed" and ended.retry_count == 1 and await h.recorded_cost(ended.id) == 0

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from redis.asyncio import Redis
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..clock import Clock
@@ -207,23 +208,36 @@ class SessionManager:
         return self.b.settings.ssh_verify_timeout_minutes
 
     async def _provision(self, row: Row, offer: ProviderOffer, public_key: str) -> Row:
-        """pending -> provisioning (instance created, billing starts) or -> failed (no instance, no cost)."""
-        provider = self.b.provider(row.provider)
-        spec = CreateSpec(
-            offer=offer, label=instance_label(self.b.deployment_id, row.id), ssh_public_keys=(public_key,),
-            disk_gb=row.disk_gb or provider.default_disk_gb, image=row.docker_image, on_start_cmd=row.on_start_cmd,
-            template_hash_id=row.template_hash_id, exposed_ports=tuple(row.exposed_ports),
-            launch_mode=row.launch_mode,
-            env={k: v for k, v in (("MODEL_ID", row.model_id), ("QUANTIZE", row.quantization)) if v})
-        try:
-            instance = await provider.create_instance(spec)
-        except ProviderError as exc:
-            await self._create_failed(row, offer, exc)
-            raise _create_error(row, exc) from None
-        except Exception as exc:  # an adapter bug must still leave a truthful row
-            await self._create_failed(row, offer, ProviderError(ErrorKind.TRANSIENT, row.provider,
-                                                                "CreateInstance", type(exc).__name__))
-            raise
+        """pending -> provisioning (instance created, billing starts) or -> failed (no instance, no cost).
+
+        With auto_retry, a stale offer is replaced by a comparable one (same session, same key) up to
+        max_retries times before the create gives up.
+        """
+        while True:
+            provider = self.b.provider(row.provider)
+            spec = CreateSpec(
+                offer=offer, label=instance_label(self.b.deployment_id, row.id), ssh_public_keys=(public_key,),
+                disk_gb=row.disk_gb or provider.default_disk_gb, image=row.docker_image,
+                on_start_cmd=row.on_start_cmd, template_hash_id=row.template_hash_id,
+                exposed_ports=tuple(row.exposed_ports), launch_mode=row.launch_mode,
+                env={k: v for k, v in (("MODEL_ID", row.model_id), ("QUANTIZE", row.quantization)) if v})
+            try:
+                instance = await provider.create_instance(spec)
+                break
+            except ProviderError as exc:
+                if exc.kind is ErrorKind.STALE_INVENTORY and row.auto_retry:
+                    switched = await self._retry_elsewhere(row, offer, exc)
+                    if switched is not None:
+                        row, offer = switched
+                        continue
+                await self._create_failed(row, offer, exc)
+                raise _create_error(row, exc) from None
+            except Exception as exc:  # an adapter bug must still leave a truthful row
+                await self._create_failed(row, offer, ProviderError(ErrorKind.TRANSIENT, row.provider,
+                                                                    "CreateInstance", type(exc).__name__))
+                raise
+        if row.retry_count:
+            metrics.RETRY_SUCCESSES.labels(row.provider, row.retry_scope or "same_gpu").inc()
         metrics.SESSIONS_CREATED.labels(row.provider).inc()
         now = self.b.clock.now()
         async with self.b.engine.begin() as conn:
@@ -251,6 +265,52 @@ class SessionManager:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return updated
+
+    async def _retry_elsewhere(self, row: Row, offer: ProviderOffer,
+                               exc: ProviderError) -> tuple[Row, ProviderOffer] | None:
+        """Move a pending session to the best comparable offer (reference §3.10 scopes), or None when none is left.
+
+        same_gpu: same provider and GPU, price <= 1.2x; same_vram: same provider, VRAM >= the original, <= 1.5x;
+        any: VRAM >= the original, <= 2x, any provider. Offers and machines that already failed in this chain are
+        skipped. The choice is the inventory's order (confidence, then price): deterministic, unlike the
+        reference's random pick among the cheapest three.
+        """
+        from .inventory import OfferFilter  # noqa: PLC0415
+
+        scope = row.retry_scope or "same_gpu"
+        if row.retry_count >= row.max_retries:
+            metrics.RETRY_EXHAUSTED.labels(row.provider, scope).inc()
+            return None
+        failed = set(filter(None, (row.failed_offers or "").split(","))) | {offer.offer_id}
+        failed_machines = {offer.machine_id} - {None}
+        factor = {"same_gpu": 1.2, "same_vram": 1.5, "any": 2.0}[scope]
+        page = await self.b.inventory.list_offers(OfferFilter(
+            provider=offer.provider if scope != "any" else None,
+            gpu_type=offer.gpu_type if scope == "same_gpu" else None,
+            min_vram=offer.vram_gb if scope != "same_gpu" else None,
+            max_price=offer.price_per_hour * factor))
+        for candidate in page.offers:
+            alt = candidate.offer
+            if alt.offer_id in failed or (alt.machine_id and alt.machine_id in failed_machines):
+                continue
+            now = self.b.clock.now()
+            try:
+                async with self.b.engine.begin() as conn:
+                    switched = await repo.transition(
+                        conn, row.id, ("pending",), now, offer_id=alt.offer_id, machine_id=alt.machine_id,
+                        provider=alt.provider, gpu_type=alt.gpu_type, gpu_count=alt.gpu_count, vram_gb=alt.vram_gb,
+                        price_per_hour=alt.price_per_hour, ssh_user=self.b.provider(alt.provider).default_ssh_user,
+                        retry_count=row.retry_count + 1, failed_offers=",".join(sorted(failed)))
+            except IntegrityError:  # this consumer already has an active session on that offer
+                continue
+            if switched is None:
+                return None
+            await self.b.inventory.record_failure(offer, "stale_inventory", exc.detail[:2000])
+            self.b.inventory.evict(offer.offer_id)
+            metrics.RETRY_ATTEMPTS.labels(offer.provider, scope, "stale_inventory").inc()
+            return switched, alt
+        metrics.RETRY_EXHAUSTED.labels(row.provider, scope).inc()
+        return None
 
     async def _create_failed(self, row: Row, offer: ProviderOffer, exc: ProviderError) -> None:
         now = self.b.clock.now()

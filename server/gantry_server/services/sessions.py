@@ -84,7 +84,10 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
             key = dict(context.invocation_metadata() or ()).get(metadata_keys.IDEMPOTENCY_KEY, "")
             request.request_id = key.strip() if isinstance(key, str) else ""
         row, private_key = await self.sessions.create(request)
-        return sessions_pb2.CreateSessionResponse(session=session_proto(row), ssh_private_key=private_key)
+        response = sessions_pb2.CreateSessionResponse(session=session_proto(row), ssh_private_key=private_key)
+        if row.retry_count:
+            response.retries_attempted = row.retry_count
+        return response
 
     async def ListSessions(self, request, context):
         v = Violations()

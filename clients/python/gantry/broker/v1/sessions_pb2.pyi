@@ -93,9 +93,9 @@ class Session(_message.Message):
     auto_retry: _builtins.bool
     retry_count: _builtins.int
     retry_parent_id: _builtins.str
-    """The failed session this one retries."""
+    """Legacy: the failed session this one retries. Gantry retries within one session, so never set."""
     retry_child_id: _builtins.str
-    """The session that retried this one."""
+    """Legacy: the session that retried this one; never set (see retry_parent_id)."""
     failed_offers: _builtins.str
     """Comma-separated offer ids that failed along the retry chain (legacy wire format)."""
     idle_threshold_minutes: _builtins.int
@@ -268,8 +268,8 @@ class CreateSessionRequest(_message.Message):
     template_hash_id: _builtins.str
     """Vast.ai template: its image, env and on-start; SSH stays enabled."""
     auto_retry: _builtins.bool
-    """Retry on a comparable offer when the chosen one turns out to be gone. Validated and stored; not acted on yet
-    (a stale offer answers 503 and the client picks again).
+    """When the chosen offer turns out to be gone (stale inventory), move this same session (same id, same key) to
+    a comparable offer within retry_scope, up to max_retries times; exhausted: the last offer's 503.
     """
     max_retries: _builtins.int
     """Defaults to 3 when <= 0, capped at 5."""
@@ -338,7 +338,7 @@ class CreateSessionResponse(_message.Message):
     ssh_private_key: _builtins.str
     """PEM/OpenSSH private key; returned only here, never stored in plain text."""
     retries_attempted: _builtins.int
-    """Set when auto_retry replaced the requested offer."""
+    """Set when auto_retry replaced the requested offer: how many offers were tried before this one."""
     @_builtins.property
     def session(self) -> Global___Session:
         """Status "provisioning"."""

@@ -66,9 +66,9 @@ type Session struct {
 	ExpiresAt  *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	AutoRetry  *bool                  `protobuf:"varint,23,opt,name=auto_retry,json=autoRetry,proto3,oneof" json:"auto_retry,omitempty"`
 	RetryCount *int32                 `protobuf:"varint,24,opt,name=retry_count,json=retryCount,proto3,oneof" json:"retry_count,omitempty"`
-	// The failed session this one retries.
+	// Legacy: the failed session this one retries. Gantry retries within one session, so never set.
 	RetryParentId *string `protobuf:"bytes,25,opt,name=retry_parent_id,json=retryParentId,proto3,oneof" json:"retry_parent_id,omitempty"`
-	// The session that retried this one.
+	// Legacy: the session that retried this one; never set (see retry_parent_id).
 	RetryChildId *string `protobuf:"bytes,26,opt,name=retry_child_id,json=retryChildId,proto3,oneof" json:"retry_child_id,omitempty"`
 	// Comma-separated offer ids that failed along the retry chain (legacy wire format).
 	FailedOffers *string `protobuf:"bytes,27,opt,name=failed_offers,json=failedOffers,proto3,oneof" json:"failed_offers,omitempty"`
@@ -350,8 +350,8 @@ type CreateSessionRequest struct {
 	DiskGb *int32 `protobuf:"varint,12,opt,name=disk_gb,json=diskGb,proto3,oneof" json:"disk_gb,omitempty"`
 	// Vast.ai template: its image, env and on-start; SSH stays enabled.
 	TemplateHashId string `protobuf:"bytes,13,opt,name=template_hash_id,json=templateHashId,proto3" json:"template_hash_id,omitempty"`
-	// Retry on a comparable offer when the chosen one turns out to be gone. Validated and stored; not acted on yet
-	// (a stale offer answers 503 and the client picks again).
+	// When the chosen offer turns out to be gone (stale inventory), move this same session (same id, same key) to
+	// a comparable offer within retry_scope, up to max_retries times; exhausted: the last offer's 503.
 	AutoRetry bool `protobuf:"varint,14,opt,name=auto_retry,json=autoRetry,proto3" json:"auto_retry,omitempty"`
 	// Defaults to 3 when <= 0, capped at 5.
 	MaxRetries int32 `protobuf:"varint,15,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
@@ -547,7 +547,7 @@ type CreateSessionResponse struct {
 	Session *Session `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
 	// PEM/OpenSSH private key; returned only here, never stored in plain text.
 	SshPrivateKey string `protobuf:"bytes,2,opt,name=ssh_private_key,json=sshPrivateKey,proto3" json:"ssh_private_key,omitempty"`
-	// Set when auto_retry replaced the requested offer.
+	// Set when auto_retry replaced the requested offer: how many offers were tried before this one.
 	RetriesAttempted *int32 `protobuf:"varint,3,opt,name=retries_attempted,json=retriesAttempted,proto3,oneof" json:"retries_attempted,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
