@@ -25,12 +25,15 @@ from .sessions import CREATE_LEASE, STEP_LEASE, SessionManager
 
 log = logging.getLogger(__name__)
 
+PARALLEL_UNITS = 16  # sessions one replica works on at once in a tick (provider rate limits still apply)
+
 
 class Lifecycle:
     def __init__(self, manager: SessionManager) -> None:
         self.m = manager
         self.b = manager.b
         self._task: asyncio.Task | None = None
+        self._parallel = asyncio.Semaphore(PARALLEL_UNITS)
         self._last_reconcile = None
 
     # ---- one pass ------------------------------------------------------------------------------------------------
@@ -51,21 +54,23 @@ class Lifecycle:
                                                  or_(t.c.next_check_at.is_(None), t.c.next_check_at <= now)), now)
             stale_pending = await repo.due(conn, and_(t.c.status == "pending", t.c.created_at <= now - CREATE_LEASE), now)
             preserved = await repo.due(conn, and_(t.c.status == "stopped", t.c.preserved_until <= now), now)
-        for sid in hard_max:
-            await self._guard(self.m.terminate(sid, "hard_max"))
-        for sid in expired:
-            await self._guard(self.m.terminate(sid, "expired", from_statuses=("provisioning", "running")))
-        for sid in provisioning:
-            await self._guard(self.m.verify_step(sid))
-        for sid in idle:
-            await self._guard(self.probe_idle(sid))
-        for sid in stopping:
-            await self._guard(self.m.finish_stopping(sid))
-        for sid in stale_pending:
-            await self._guard(self.recover_pending(sid))
-        for sid in preserved:
-            await self._guard(self.m.release_preserved(sid))
+        # Ending comes first (a session past its hard max is not verified again); within a phase the units run
+        # side by side, so one slow provider call does not hold up the others (defect 22).
+        await self._each(hard_max, lambda sid: self.m.terminate(sid, "hard_max"))
+        await self._each(expired, lambda sid: self.m.terminate(sid, "expired", from_statuses=("provisioning", "running")))
+        await self._each(provisioning, self.m.verify_step)
+        await self._each(idle, self.probe_idle)
+        await self._each(stopping, self.m.finish_stopping)
+        await self._each(stale_pending, self.recover_pending)
+        await self._each(preserved, self.m.release_preserved)
         await self.m.refresh_active_gauge()
+
+    async def _each(self, ids: list[str], step) -> None:
+        async def one(sid: str) -> None:
+            async with self._parallel:
+                await self._guard(step(sid))
+
+        await asyncio.gather(*(one(sid) for sid in ids))
 
     async def _guard(self, step) -> None:
         """One session's failure (a provider bug, a network error) must not stop the pass for the others."""
