@@ -545,8 +545,12 @@ async def test_session_metrics_move_exactly_once_per_event_and_the_gauge_returns
     assert count == verified[1] + 1
     assert sample(metrics.SESSIONS_ACTIVE, provider="simulated", status="running") == 1
     assert sample(metrics.SESSIONS_ACTIVE, provider="simulated", status="provisioning") == 0
+    destroyed = sample(metrics.SESSIONS_DESTROYED, provider="simulated", reason="user_requested")
     await h.stub.DestroySession(sessions_pb2.DestroySessionRequest(id=s.id))
     await h.stub.DestroySession(sessions_pb2.DestroySessionRequest(id=s.id))  # idempotent: no second count
+    await h.lifecycle.tick()
+    # Defect 15: the reference counted every end as user_requested *and* under its own reason.
+    assert sample(metrics.SESSIONS_DESTROYED, provider="simulated", reason="user_requested") == destroyed + 1
     for status in ("pending", "provisioning", "running", "stopping"):
         assert sample(metrics.SESSIONS_ACTIVE, provider="simulated", status=status) == 0
     text = (await h.http.get("/metrics")).text
