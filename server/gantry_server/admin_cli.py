@@ -3,6 +3,9 @@
     gantry admin user create --username alice [--hotkey 5F...] [--coldkey 5F...]
     gantry admin apikey create USER_ID [--name laptop]        # prints the secret once
     gantry admin apikey revoke KEY_ID
+    gantry admin token create USER_ID [--ttl 3600] [--name ci]  # a user token (JWT), printed once
+    gantry admin token revoke TOKEN_ID
+    gantry admin rotate-keys [--batch-size 500]                # secrets at rest under the server's GANTRY_KEK
     gantry admin metagraph upsert --hotkey 5F... --uid 7 [--netuid 64] [--coldkey 5F...]
     gantry admin blacklist set HOTKEY REASON
     gantry admin blacklist clear HOTKEY
@@ -11,9 +14,11 @@ Common options (before or after the command): `--addr` (GANTRY_GRPC_ADDR, defaul
 (GANTRY_ADMIN_TOKEN, else GANTRY_DATA_DIR/admin_token as the embedded default writes it), `--json` (one JSON
 object on stdout for scripts; otherwise a short table), `--timeout` seconds.
 
-Exit codes: 0 done; 1 the server refused or could not be reached (one line on stderr: gRPC code and message);
-2 usage (one line on stderr). `amain(argv)` is the same command as a coroutine, for callers already running an
-event loop (tests run the server on theirs).
+Exit codes: 0 done; 1 the server refused or could not be reached (one line on stderr: gRPC code and message),
+or rotate-keys left rows it could not decrypt (counts still printed); 2 usage (one line on stderr).
+`amain(argv)` is the same command as a coroutine, for callers already running an event loop (tests run the
+server on theirs). rotate-keys runs in the server, which holds GANTRY_KEK and GANTRY_KEK_PREVIOUS (docs/auth.md);
+raise --timeout for a large database (a timed-out run keeps its committed batches; run it again).
 """
 from __future__ import annotations
 
@@ -58,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     leaf = [_common(defaults=False)]
     parser = _Parser(prog=PROG, description="Operator commands against a running Gantry server (AdminService).",
                      parents=[_common(defaults=True)])
-    areas = parser.add_subparsers(dest="area", required=True, metavar="{user,apikey,metagraph,blacklist}")
+    areas = parser.add_subparsers(dest="area", required=True,
+                                  metavar="{user,apikey,token,rotate-keys,metagraph,blacklist}")
 
     user = areas.add_parser("user", help="users").add_subparsers(dest="action", required=True)
     p = user.add_parser("create", parents=leaf, help="create a user")
@@ -72,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="a label for the key")
     p = key.add_parser("revoke", parents=leaf, help="revoke an API key")
     p.add_argument("key_id", metavar="KEY_ID")
+
+    tok = areas.add_parser("token", help="user tokens").add_subparsers(dest="action", required=True)
+    p = tok.add_parser("create", parents=leaf, help="issue a user token (the token is printed once)")
+    p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument("--ttl", type=int, default=0, help="lifetime in seconds, 60..86400 (default 3600)")
+    p.add_argument("--name", default="", help="a label for the token")
+    p = tok.add_parser("revoke", parents=leaf, help="revoke a user token")
+    p.add_argument("token_id", metavar="TOKEN_ID")
+
+    p = areas.add_parser("rotate-keys", parents=leaf,
+                         help="re-encrypt secrets at rest under the server's active GANTRY_KEK (run after every "
+                              "replica has the new key, with the old one in GANTRY_KEK_PREVIOUS)")
+    p.add_argument("--batch-size", type=int, default=0, help="rows per transaction, 1..10000 (default 500)")
+    p.set_defaults(action=None)
 
     graph = areas.add_parser("metagraph", help="metagraph nodes").add_subparsers(dest="action", required=True)
     p = graph.add_parser("upsert", parents=leaf, help="add or update one node")
@@ -138,6 +158,30 @@ async def _apikey_revoke(stub, args, timeout):
     return {"api_key_id": args.key_id, "revoked": True}
 
 
+async def _token_create(stub, args, timeout):
+    request = admin_pb2.CreateUserTokenRequest(user_id=args.user_id, name=args.name)
+    if args.ttl:
+        request.ttl_seconds = args.ttl
+    response = await stub.CreateUserToken(request, timeout=timeout)
+    return {"token_id": response.token_id, "token": response.token, "user_id": args.user_id, "name": args.name,
+            "expires_at": response.expires_at.ToJsonString()}
+
+
+async def _token_revoke(stub, args, timeout):
+    await stub.RevokeUserToken(admin_pb2.RevokeUserTokenRequest(token_id=args.token_id), timeout=timeout)
+    return {"token_id": args.token_id, "revoked": True}
+
+
+async def _rotate_keys(stub, args, timeout):
+    request = admin_pb2.RotateKeysRequest()
+    if args.batch_size:
+        request.batch_size = args.batch_size
+    response = await stub.RotateKeys(request, timeout=timeout)
+    columns = [{"column": c.column, "scanned": c.scanned, "rewrapped": c.rewrapped, "current": c.current,
+                "changed_concurrently": c.changed_concurrently, "failed": c.failed} for c in response.columns]
+    return {"active_key_id": response.active_key_id, "columns": columns}
+
+
 async def _metagraph_upsert(stub, args, timeout):
     node = admin_pb2.MetagraphNode(hotkey=args.hotkey, node_id=args.uid, netuid=args.netuid, coldkey=args.coldkey)
     response = await stub.UpsertMetagraphNodes(admin_pb2.UpsertMetagraphNodesRequest(nodes=[node]), timeout=timeout)
@@ -164,16 +208,24 @@ COMMANDS = {
     ("user", "create"): _user_create,
     ("apikey", "create"): _apikey_create,
     ("apikey", "revoke"): _apikey_revoke,
+    ("token", "create"): _token_create,
+    ("token", "revoke"): _token_revoke,
+    ("rotate-keys", None): _rotate_keys,
     ("metagraph", "upsert"): _metagraph_upsert,
     ("blacklist", "set"): _blacklist_set,
     ("blacklist", "clear"): _blacklist_clear,
 }
 
 
+def _cell(v) -> str:
+    if isinstance(v, list):  # rows of counts (rotate-keys): one line each
+        return "\n".join(" ".join(f"{k}={x}" for k, x in item.items()) for item in v) or "-"
+    return "-" if v is None or v == "" else str(v).lower() if isinstance(v, bool) else str(v)
+
+
 def _table(row: dict) -> str:
     width = max(len(k) for k in row)
-    shown = {k: "-" if v is None or v == "" else str(v).lower() if isinstance(v, bool) else str(v)
-             for k, v in row.items()}
+    shown = {k: _cell(v).replace("\n", "\n" + " " * (width + 2)) for k, v in row.items()}
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in shown.items())
 
 
@@ -204,8 +256,12 @@ async def amain(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
     else:
         print(_table(row))
-        if "secret_key" in row:
-            print(f"{PROG}: the secret key is shown only this once; store it now", file=sys.stderr)
+        if "secret_key" in row or "token" in row:
+            print(f"{PROG}: the secret is shown only this once; store it now", file=sys.stderr)
+    failed = sum(c["failed"] for c in row.get("columns", ()))
+    if failed:
+        return _fail(f"{failed} secret(s) could not be decrypted with the server's keys and were left as they are "
+                     f"(see the server log; keep GANTRY_KEK_PREVIOUS until they are dealt with)", EXIT_RPC)
     return EXIT_OK
 
 

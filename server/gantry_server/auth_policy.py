@@ -4,7 +4,8 @@ Kinds:
     none          anyone (the handler may still read `current_caller` for the peer IP)
     hotkey        hotkey signature (v1 purpose or body hash, v2, grpc-v1); `registered` demands the hotkey be in
                   metagraph_nodes on GANTRY_NETUID; a blacklisted hotkey is always refused
-    user          API key (`authorization: Bearer cpk_...`), or a hotkey signature with `purpose`
+    user          API key (`authorization: Bearer cpk_...`), user token (`authorization: Bearer <JWT>`, see
+                  domain/auth/user_tokens.py), or a hotkey signature with `purpose`
     launch_token  ES256 launch-config JWT whose `sub` is the request's config_id
     boot_token    `x-boot-token` bound to the hotkey and the request's vm_name (validated, not consumed)
     nonce         no identity, only a one-time attestation nonce (boot attestation)
@@ -56,7 +57,8 @@ POLICIES: dict[str, Policy] = {
     # admin
     **{f"/gantry.admin.v1.AdminService/{m}": ADMIN for m in (
         "UpsertChute", "DeleteChute", "UpsertImage", "CreateJob", "CreateUser", "CreateApiKey", "RevokeApiKey",
-        "UpsertMetagraphNodes", "SetBlacklist", "PutMeasurementPolicy", "ListMeasurementPolicies")},
+        "UpsertMetagraphNodes", "SetBlacklist", "PutMeasurementPolicy", "ListMeasurementPolicies",
+        "CreateUserToken", "RevokeUserToken", "RotateKeys")},
     # instances (seed 000/002)
     "/gantry.instances.v1.InstanceService/GetInstanceReconciliationCsv": NONE,
     "/gantry.instances.v1.InstanceService/GetInstanceComputeHistoryCsv": NONE,

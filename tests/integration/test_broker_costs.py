@@ -118,6 +118,14 @@ async def test_a_session_across_clock_hours_gets_one_row_per_hour(clean_db):
     assert total == Decimal("1.8")  # the sum of the rows, exactly
 
 
+async def test_a_disk_kept_for_months_is_billed_in_full(clean_db):
+    """Thousands of hour rows (a preserved disk, a destroy that took long to verify) in one terminal transaction."""
+    sid = await add_session(clean_db, price=0.5, billing=at(2026, 1, 1, 0, 0))
+    total = await terminate(clean_db, sid, at(2026, 3, 1, 0, 0))  # 59 days: 1,416 hours
+    rows = await stored_rows(clean_db, sid)
+    assert len(rows) == 1416 and total == Decimal("708")
+
+
 async def test_no_instance_means_no_cost(clean_db):
     provider = "nocost-provider"
     before = accrued(provider)

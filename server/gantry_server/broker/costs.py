@@ -107,6 +107,9 @@ def cost_fields(session: Any) -> dict[str, Any]:
             "billing_started_at": m["billing_started_at"]}
 
 
+INSERT_BATCH = 1000  # rows per INSERT: 9 parameters each stays under PostgreSQL's 32,767 per statement
+
+
 async def record_session_cost(conn: AsyncConnection, *, session_id: str, consumer_id: str, provider: str,
                               gpu_type: str, price_per_hour: float | Decimal, billing_started_at: datetime | None,
                               end: datetime, now: datetime) -> Decimal:
@@ -126,10 +129,12 @@ async def record_session_cost(conn: AsyncConnection, *, session_id: str, consume
         raise NotFound(f"session not found: {session_id}")
     if await repo.has_rows(conn, session_id):
         return ZERO
-    inserted = await repo.insert_rows(conn, [
-        {"session_id": session_id, "hour": hour, "consumer_id": consumer_id, "provider": provider,
-         "gpu_type": gpu_type, "seconds": secs, "amount": amount, "currency": CURRENCY, "recorded_at": now}
-        for hour, secs, amount in rows])
+    values = [{"session_id": session_id, "hour": hour, "consumer_id": consumer_id, "provider": provider,
+               "gpu_type": gpu_type, "seconds": secs, "amount": amount, "currency": CURRENCY, "recorded_at": now}
+              for hour, secs, amount in rows]
+    inserted = []
+    for start in range(0, len(values), INSERT_BATCH):  # a long-kept disk can span months of hours
+        inserted += await repo.insert_rows(conn, values[start:start + INSERT_BATCH])
     if not inserted:
         return ZERO
     total = sum(inserted, ZERO)

@@ -26,7 +26,9 @@ import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC = b"GSE1"
 
@@ -56,6 +58,7 @@ class Keyring:
         self.active_id = key_id(active)
         self._keys = {key_id(k): AESGCM(k) for k in (*previous, active)}
         self._active = self._keys[self.active_id]
+        self._raw = {key_id(k): k for k in (*previous, active)}  # only for derive(); never shown
 
     def __repr__(self) -> str:  # never the key bytes
         return f"Keyring(active={self.active_id!r}, known={sorted(self._keys)!r})"
@@ -99,6 +102,22 @@ class Keyring:
             return AESGCM(dek).decrypt(blob[wrap_end:wrap_end + 12], blob[wrap_end + 12:], prefix + context)
         except InvalidTag:
             raise SecretsError("secret blob failed authentication (tampered, or another context)") from None
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Every configured key id, the active one first."""
+        return (self.active_id, *sorted(k for k in self._keys if k != self.active_id))
+
+    def derive(self, purpose: bytes, kid: str | None = None) -> bytes:
+        """A 32-byte subkey of one KEK (default: the active one) for `purpose` (HKDF-SHA256).
+
+        Lets another mechanism (user-token signing) live and rotate with the KEK without a key of its own, while
+        never using the KEK itself for two jobs. Raises SecretsError for a key id that is not configured.
+        """
+        raw = self._raw.get(kid or self.active_id)
+        if raw is None:
+            raise SecretsError(f"key id {kid!r} is not configured (GANTRY_KEK / GANTRY_KEK_PREVIOUS)")
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"gantry:" + purpose).derive(raw)
 
     def key_id_of(self, blob: bytes) -> str:
         if len(blob) < 5 or blob[:4] != MAGIC:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from .. import metadata_keys as mk
 from ..auth_policy import Policy, policy_for
-from ..domain.auth import api_keys
+from ..domain.auth import api_keys, user_tokens
 from ..domain.auth.caller import ANONYMOUS, Caller, TrustedProxies, current_caller, peer_ip
 from ..domain.auth.launch_tokens import LaunchTokenError, LaunchTokenKeys, bearer_token
 from ..domain.auth.nonces import AttestationNonces, BootTokens, NonceRejected
@@ -30,6 +30,7 @@ from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unaut
 from ..runtime import Runtime
 from ..store import redis_keys
 from ..store.models import metagraph_nodes
+from ..store.repositories.user_tokens import UserTokenRepository
 from ..store.repositories.users import UserRepository
 
 _NODE = select(metagraph_nodes.c.netuid, metagraph_nodes.c.blacklist_reason)
@@ -45,6 +46,13 @@ class _Parts:
         self.limiter = RateLimiter(rt.redis, rt.clock)
         self.proxies = TrustedProxies(getattr(rt.settings, "trusted_proxies", ()))
         self._launch_keys = launch_keys
+        self._user_tokens: user_tokens.UserTokens | None = None
+
+    @property
+    def user_tokens(self) -> user_tokens.UserTokens:
+        if self._user_tokens is None:
+            self._user_tokens = user_tokens.UserTokens(self.rt.keyring)
+        return self._user_tokens
 
     @property
     def launch_keys(self) -> LaunchTokenKeys:
@@ -209,8 +217,7 @@ class AuthInterceptor(AsyncServerInterceptor):
         token = bearer_token(md.get(mk.AUTHORIZATION))
         if token:
             if not token.startswith(api_keys.PREFIX):
-                raise Unauthenticated("user tokens (JWT) are not accepted yet; send 'authorization: Bearer cpk_...'",
-                                      reason="USER_TOKEN_UNSUPPORTED")
+                return await self._user_token(parts, token, ip)
             if not api_keys.looks_like_api_key(token):
                 raise Unauthenticated("Can't find a user with that api key", reason="API_KEY_INVALID")
             async with parts.rt.engine.connect() as conn:
@@ -227,8 +234,28 @@ class AuthInterceptor(AsyncServerInterceptor):
                 raise Unauthenticated(f"no user has hotkey {caller.hotkey}", reason="USER_NOT_FOUND")
             return Caller(kind="user", ip=ip, user_id=user["user_id"], hotkey=caller.hotkey,
                           key_type=caller.key_type, sig_version=caller.sig_version, registered=caller.registered)
-        raise Unauthenticated(f"user auth required: 'authorization: Bearer cpk_...' or a hotkey signature "
+        raise Unauthenticated(f"user auth required: 'authorization: Bearer cpk_...' (API key), 'Bearer <user "
+                              f"token>' or a hotkey signature "
                               f"(purpose {policy.purpose!r})", reason="USER_AUTH_MISSING")
+
+    @staticmethod
+    async def _user_token(parts: _Parts, token: str, ip: str) -> Caller:
+        """A user token: signature, issuer, audience and expiry (injected clock), then one query for the user
+        and the token's revocation."""
+        try:
+            claims = parts.user_tokens.verify(token, now=parts.rt.clock.now().timestamp())
+        except user_tokens.UserTokenError as exc:
+            raise Unauthenticated(str(exc), reason=exc.reason) from None
+        async with parts.rt.engine.connect() as conn:
+            row = await UserTokenRepository(conn).lookup(claims["sub"], claims["jti"])
+        if row is None:
+            raise Unauthenticated("user token is for a user that does not exist (deleted?)",
+                                  reason="USER_NOT_FOUND")
+        if row["token_id"] is None:
+            raise Unauthenticated("user token is not one this server issued to that user", reason="USER_TOKEN_INVALID")
+        if row["revoked_at"] is not None:
+            raise Unauthenticated("user token has been revoked", reason="USER_TOKEN_REVOKED")
+        return Caller(kind="user", ip=ip, user_id=row["user_id"], hotkey=row["hotkey"])
 
     # -- launch tokens, boot tokens, attestation nonces ------------------------------------------------------
     @staticmethod

@@ -1,4 +1,5 @@
-"""AdminService: what operators create (metagraph nodes and blacklist so far; the rest lands with its issue).
+"""AdminService: what operators create (metagraph nodes, blacklist, users, API keys and user tokens, measurement
+policies) and key rotation; chutes, images and jobs land with their issue.
 
 Every call needs `authorization: Bearer <admin token>` (GANTRY_ADMIN_TOKEN; the embedded default keeps a
 generated one in GANTRY_DATA_DIR/admin_token), checked by the auth interceptor (policy `admin` in
@@ -7,6 +8,8 @@ auth_policy.py). Without a configured token the admin API is off.
 from __future__ import annotations
 
 import re
+import uuid
+from datetime import timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import IntegrityError
@@ -15,12 +18,14 @@ from gantry.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from ..domain.attestation.measurements import MeasurementEntry, merge, problems
 from ..domain.validation import Violations, is_ss58
-from ..domain.auth import api_keys
+from ..domain import key_rotation
+from ..domain.auth import api_keys, user_tokens
 from ..errors import Conflict, FieldViolation, InvalidArgument, NotFound
 from ..runtime import Runtime
 from ..store.db import unit_of_work
 from ..store.repositories.metagraph import MetagraphRepository
 from ..store.repositories.tdx import MeasurementRepository
+from ..store.repositories.user_tokens import UserTokenRepository
 from ..store.repositories.users import UserRepository
 from .servers import file_measurements
 
@@ -37,9 +42,16 @@ def _node_row(node: admin_pb2.MetagraphNode) -> dict:
     return row
 
 
+def _timestamp(when) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(when)
+    return out
+
+
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._user_tokens: user_tokens.UserTokens | None = None
 
     async def UpsertMetagraphNodes(self, request, context):
         v = Violations()
@@ -103,9 +115,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             key_id = await repo.create_api_key(user_id=request.user_id, name=request.name,
                                                key_prefix=api_keys.display_prefix(secret),
                                                key_hash=api_keys.key_hash(secret), now=now)
-        created = Timestamp()
-        created.FromDatetime(now)
-        return admin_pb2.CreateApiKeyResponse(api_key_id=key_id, secret_key=secret, created_at=created)
+        return admin_pb2.CreateApiKeyResponse(api_key_id=key_id, secret_key=secret, created_at=_timestamp(now))
 
     async def RevokeApiKey(self, request, context):
         if not _UUID.match(request.api_key_id):
@@ -114,6 +124,55 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if not await UserRepository(conn).revoke_api_key(request.api_key_id, self.rt.clock.now()):
                 raise NotFound(f"no live API key {request.api_key_id}", reason="API_KEY_NOT_FOUND")
         return admin_pb2.RevokeApiKeyResponse()
+
+    # -- user tokens (domain/auth/user_tokens.py) -------------------------------------------------------------
+    async def CreateUserToken(self, request, context):
+        """A short-lived bearer for user-facing endpoints; its row (never the token) makes it revocable."""
+        v = Violations()
+        v.require(bool(_UUID.match(request.user_id)), "user_id", "must be a user id (uuid)")
+        ttl = request.ttl_seconds or user_tokens.DEFAULT_TTL_SECONDS
+        v.require(user_tokens.MIN_TTL_SECONDS <= ttl <= user_tokens.MAX_TTL_SECONDS, "ttl_seconds",
+                  f"must be {user_tokens.MIN_TTL_SECONDS}..{user_tokens.MAX_TTL_SECONDS} seconds")
+        v.require(len(request.name) <= 255, "name", "must be at most 255 characters")
+        v.raise_if_any()
+        if self._user_tokens is None:
+            self._user_tokens = user_tokens.UserTokens(self.rt.keyring)
+        now = self.rt.clock.now().replace(microsecond=0)  # JWT times are whole seconds
+        expires = now + timedelta(seconds=ttl)
+        token_id = str(uuid.uuid4())
+        async with unit_of_work(self.rt.engine) as conn:
+            if await UserRepository(conn).get(request.user_id) is None:
+                raise NotFound(f"no user {request.user_id}", reason="USER_NOT_FOUND")
+            repo = UserTokenRepository(conn)
+            await repo.prune_expired(request.user_id, now)
+            await repo.create(token_id=token_id, user_id=request.user_id, name=request.name, issued_at=now,
+                              expires_at=expires)
+        token = self._user_tokens.issue(user_id=request.user_id, token_id=token_id, now=int(now.timestamp()),
+                                        ttl_seconds=ttl)
+        return admin_pb2.CreateUserTokenResponse(token_id=token_id, token=token, issued_at=_timestamp(now),
+                                                 expires_at=_timestamp(expires))
+
+    async def RevokeUserToken(self, request, context):
+        if not _UUID.match(request.token_id):
+            raise InvalidArgument.field("token_id", "must be a user token id (uuid, the token's jti)")
+        async with unit_of_work(self.rt.engine) as conn:
+            if not await UserTokenRepository(conn).revoke(request.token_id, self.rt.clock.now()):
+                raise NotFound(f"no live user token {request.token_id}", reason="USER_TOKEN_NOT_FOUND")
+        return admin_pb2.RevokeUserTokenResponse()
+
+    # -- secrets at rest -----------------------------------------------------------------------------------
+    async def RotateKeys(self, request, context):
+        """Runs in the server because the server holds the keyring (GANTRY_KEK + GANTRY_KEK_PREVIOUS) already:
+        the operator needs only the admin token, and key material never has to reach an operator's shell.
+        Batches commit as they go, so a cancelled call keeps its progress and a rerun finishes the rest."""
+        batch = request.batch_size or key_rotation.DEFAULT_BATCH_SIZE
+        if not 1 <= batch <= key_rotation.MAX_BATCH_SIZE:
+            raise InvalidArgument.field("batch_size", f"must be 1..{key_rotation.MAX_BATCH_SIZE}")
+        reports = await key_rotation.rotate_all(self.rt.engine, self.rt.keyring, batch_size=batch)
+        return admin_pb2.RotateKeysResponse(active_key_id=self.rt.keyring.active_id, columns=[
+            admin_pb2.EncryptedColumnRotation(column=r.column, scanned=r.scanned, rewrapped=r.rewrapped,
+                                              current=r.current, changed_concurrently=r.changed_concurrently,
+                                              failed=r.failed) for r in reports])
 
     # -- TDX measurement policy (seed 001 attestation; domain/attestation/measurements.py) ---------------------
     @staticmethod

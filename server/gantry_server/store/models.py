@@ -310,3 +310,15 @@ tdx_collateral = Table(
     Column("fetched_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
+
+# User tokens (HS256 JWTs issued through AdminService.CreateUserToken): one row per token, so that one token can
+# be revoked and the interceptor can tell a revoked token from a live one. The token itself is never stored.
+user_tokens = Table(
+    "user_tokens", metadata,
+    Column("token_id", String(36), primary_key=True),  # the JWT's jti
+    Column("user_id", String(36), ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)

@@ -534,6 +534,201 @@ class RevokeApiKeyResponse(_message.Message):
 Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
 
 @_typing.final
+class CreateUserTokenRequest(_message.Message):
+    """Path and body of POST /admin/v1/users/{user_id}/tokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    ttl_seconds: _builtins.int
+    """Lifetime in seconds, 60..86400; absent or 0: 3600."""
+    name: _builtins.str
+    """A label for the operator."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        ttl_seconds: _builtins.int | None = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds", "name", b"name", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__ttl_seconds: _TypeAlias = _typing.Literal["ttl_seconds"]  # noqa: Y015
+    _WhichOneofArgType__ttl_seconds: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ttl_seconds) -> _WhichOneofReturnType__ttl_seconds | None: ...
+
+Global___CreateUserTokenRequest: _TypeAlias = CreateUserTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateUserTokenResponse(_message.Message):
+    """Result of POST /admin/v1/users/{user_id}/tokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """The token's jti; what RevokeUserToken takes."""
+    token: _builtins.str
+    """Bearer secret for user-facing endpoints; shown only in this response."""
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateUserTokenResponse: _TypeAlias = CreateUserTokenResponse  # noqa: Y015
+
+@_typing.final
+class RevokeUserTokenRequest(_message.Message):
+    """Path of DELETE /admin/v1/user_tokens/{token_id}."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeUserTokenRequest: _TypeAlias = RevokeUserTokenRequest  # noqa: Y015
+
+@_typing.final
+class RevokeUserTokenResponse(_message.Message):
+    """Empty result of DELETE /admin/v1/user_tokens/{token_id}."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeUserTokenResponse: _TypeAlias = RevokeUserTokenResponse  # noqa: Y015
+
+@_typing.final
+class RotateKeysRequest(_message.Message):
+    """Body of POST /admin/v1/secrets/rotate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    batch_size: _builtins.int
+    """Rows per transaction, 1..10000; absent or 0: 500."""
+    def __init__(
+        self,
+        *,
+        batch_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "batch_size", b"batch_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "batch_size", b"batch_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__batch_size: _TypeAlias = _typing.Literal["batch_size"]  # noqa: Y015
+    _WhichOneofArgType__batch_size: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_size) -> _WhichOneofReturnType__batch_size | None: ...
+
+Global___RotateKeysRequest: _TypeAlias = RotateKeysRequest  # noqa: Y015
+
+@_typing.final
+class EncryptedColumnRotation(_message.Message):
+    """What a rotation did to one encrypted column."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    SCANNED_FIELD_NUMBER: _builtins.int
+    REWRAPPED_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    CHANGED_CONCURRENTLY_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    """"table.column"."""
+    scanned: _builtins.int
+    """Rows looked at (non-null ciphertexts)."""
+    rewrapped: _builtins.int
+    """Re-encrypted under the active key now."""
+    current: _builtins.int
+    """Already under the active key."""
+    changed_concurrently: _builtins.int
+    """Changed by a concurrent writer between read and write; left as the writer set it."""
+    failed: _builtins.int
+    """Not decryptable (key id not configured, tampered); left as they are."""
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        scanned: _builtins.int = ...,
+        rewrapped: _builtins.int = ...,
+        current: _builtins.int = ...,
+        changed_concurrently: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_concurrently", b"changed_concurrently", "column", b"column", "current", b"current", "failed", b"failed", "rewrapped", b"rewrapped", "scanned", b"scanned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncryptedColumnRotation: _TypeAlias = EncryptedColumnRotation  # noqa: Y015
+
+@_typing.final
+class RotateKeysResponse(_message.Message):
+    """Result of POST /admin/v1/secrets/rotate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_KEY_ID_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    active_key_id: _builtins.str
+    """Key id (first 8 hex of SHA-256 of the KEK) everything is now under."""
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___EncryptedColumnRotation]: ...
+    def __init__(
+        self,
+        *,
+        active_key_id: _builtins.str = ...,
+        columns: _abc.Iterable[Global___EncryptedColumnRotation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_key_id", b"active_key_id", "columns", b"columns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeysResponse: _TypeAlias = RotateKeysResponse  # noqa: Y015
+
+@_typing.final
 class MetagraphNode(_message.Message):
     """One metagraph_nodes row as an operator (or a metagraph sync) sets it; checksum, synced_at and
     blacklist_reason are maintained by the server.

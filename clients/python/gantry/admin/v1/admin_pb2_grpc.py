@@ -69,6 +69,21 @@ class AdminServiceStub:
                 request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateUserToken = channel.unary_unary(
+                '/gantry.admin.v1.AdminService/CreateUserToken',
+                request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.CreateUserTokenRequest.SerializeToString,
+                response_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.CreateUserTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeUserToken = channel.unary_unary(
+                '/gantry.admin.v1.AdminService/RevokeUserToken',
+                request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeUserTokenRequest.SerializeToString,
+                response_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeUserTokenResponse.FromString,
+                _registered_method=True)
+        self.RotateKeys = channel.unary_unary(
+                '/gantry.admin.v1.AdminService/RotateKeys',
+                request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RotateKeysRequest.SerializeToString,
+                response_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RotateKeysResponse.FromString,
+                _registered_method=True)
         self.UpsertMetagraphNodes = channel.unary_unary(
                 '/gantry.admin.v1.AdminService/UpsertMetagraphNodes',
                 request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.UpsertMetagraphNodesRequest.SerializeToString,
@@ -143,6 +158,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateUserToken(self, request, context):
+        """POST /admin/v1/users/{user_id}/tokens: issue a short-lived user token (HS256 JWT); returned once, revocable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeUserToken(self, request, context):
+        """DELETE /admin/v1/user_tokens/{token_id}: revoke a user token at once (every replica, next call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKeys(self, request, context):
+        """POST /admin/v1/secrets/rotate: re-encrypt every secret at rest not yet under the active KEK (GANTRY_KEK).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpsertMetagraphNodes(self, request, context):
         """POST /admin/v1/metagraph/nodes: upsert metagraph nodes by hotkey; an existing blacklist_reason is kept.
         """
@@ -208,6 +244,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'CreateUserToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUserToken,
+                    request_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.CreateUserTokenRequest.FromString,
+                    response_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.CreateUserTokenResponse.SerializeToString,
+            ),
+            'RevokeUserToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeUserToken,
+                    request_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeUserTokenRequest.FromString,
+                    response_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeUserTokenResponse.SerializeToString,
+            ),
+            'RotateKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeys,
+                    request_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RotateKeysRequest.FromString,
+                    response_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.RotateKeysResponse.SerializeToString,
             ),
             'UpsertMetagraphNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertMetagraphNodes,
@@ -419,6 +470,87 @@ class AdminService:
             '/gantry.admin.v1.AdminService/RevokeApiKey',
             gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
             gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUserToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.admin.v1.AdminService/CreateUserToken',
+            gantry_dot_admin_dot_v1_dot_admin__pb2.CreateUserTokenRequest.SerializeToString,
+            gantry_dot_admin_dot_v1_dot_admin__pb2.CreateUserTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeUserToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.admin.v1.AdminService/RevokeUserToken',
+            gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeUserTokenRequest.SerializeToString,
+            gantry_dot_admin_dot_v1_dot_admin__pb2.RevokeUserTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.admin.v1.AdminService/RotateKeys',
+            gantry_dot_admin_dot_v1_dot_admin__pb2.RotateKeysRequest.SerializeToString,
+            gantry_dot_admin_dot_v1_dot_admin__pb2.RotateKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

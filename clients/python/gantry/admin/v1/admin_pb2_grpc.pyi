@@ -48,6 +48,12 @@ class AdminServiceStub:
     """POST /admin/v1/users/{user_id}/api_keys: issue an API key; the secret is returned once and stored hashed."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]
     """DELETE /admin/v1/api_keys/{api_key_id}: revoke an API key at once."""
+    CreateUserToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateUserTokenRequest, _admin_pb2.CreateUserTokenResponse]
+    """POST /admin/v1/users/{user_id}/tokens: issue a short-lived user token (HS256 JWT); returned once, revocable."""
+    RevokeUserToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeUserTokenRequest, _admin_pb2.RevokeUserTokenResponse]
+    """DELETE /admin/v1/user_tokens/{token_id}: revoke a user token at once (every replica, next call)."""
+    RotateKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateKeysRequest, _admin_pb2.RotateKeysResponse]
+    """POST /admin/v1/secrets/rotate: re-encrypt every secret at rest not yet under the active KEK (GANTRY_KEK)."""
     UpsertMetagraphNodes: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpsertMetagraphNodesRequest, _admin_pb2.UpsertMetagraphNodesResponse]
     """POST /admin/v1/metagraph/nodes: upsert metagraph nodes by hotkey; an existing blacklist_reason is kept."""
     SetBlacklist: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetBlacklistRequest, _admin_pb2.SetBlacklistResponse]
@@ -74,6 +80,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """POST /admin/v1/users/{user_id}/api_keys: issue an API key; the secret is returned once and stored hashed."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """DELETE /admin/v1/api_keys/{api_key_id}: revoke an API key at once."""
+    CreateUserToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateUserTokenRequest, _admin_pb2.CreateUserTokenResponse]  # type: ignore[assignment]
+    """POST /admin/v1/users/{user_id}/tokens: issue a short-lived user token (HS256 JWT); returned once, revocable."""
+    RevokeUserToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeUserTokenRequest, _admin_pb2.RevokeUserTokenResponse]  # type: ignore[assignment]
+    """DELETE /admin/v1/user_tokens/{token_id}: revoke a user token at once (every replica, next call)."""
+    RotateKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateKeysRequest, _admin_pb2.RotateKeysResponse]  # type: ignore[assignment]
+    """POST /admin/v1/secrets/rotate: re-encrypt every secret at rest not yet under the active KEK (GANTRY_KEK)."""
     UpsertMetagraphNodes: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpsertMetagraphNodesRequest, _admin_pb2.UpsertMetagraphNodesResponse]  # type: ignore[assignment]
     """POST /admin/v1/metagraph/nodes: upsert metagraph nodes by hotkey; an existing blacklist_reason is kept."""
     SetBlacklist: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetBlacklistRequest, _admin_pb2.SetBlacklistResponse]  # type: ignore[assignment]
@@ -139,6 +151,30 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_pb2.RevokeApiKeyResponse]]:
         """DELETE /admin/v1/api_keys/{api_key_id}: revoke an API key at once."""
+
+    @_abc_1.abstractmethod
+    def CreateUserToken(
+        self,
+        request: _admin_pb2.CreateUserTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateUserTokenResponse, _abc.Awaitable[_admin_pb2.CreateUserTokenResponse]]:
+        """POST /admin/v1/users/{user_id}/tokens: issue a short-lived user token (HS256 JWT); returned once, revocable."""
+
+    @_abc_1.abstractmethod
+    def RevokeUserToken(
+        self,
+        request: _admin_pb2.RevokeUserTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeUserTokenResponse, _abc.Awaitable[_admin_pb2.RevokeUserTokenResponse]]:
+        """DELETE /admin/v1/user_tokens/{token_id}: revoke a user token at once (every replica, next call)."""
+
+    @_abc_1.abstractmethod
+    def RotateKeys(
+        self,
+        request: _admin_pb2.RotateKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RotateKeysResponse, _abc.Awaitable[_admin_pb2.RotateKeysResponse]]:
+        """POST /admin/v1/secrets/rotate: re-encrypt every secret at rest not yet under the active KEK (GANTRY_KEK)."""
 
     @_abc_1.abstractmethod
     def UpsertMetagraphNodes(

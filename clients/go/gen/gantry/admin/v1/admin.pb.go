@@ -1047,6 +1047,413 @@ func (*RevokeApiKeyResponse) Descriptor() ([]byte, []int) {
 	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
+// Path and body of POST /admin/v1/users/{user_id}/tokens.
+type CreateUserTokenRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Lifetime in seconds, 60..86400; absent or 0: 3600.
+	TtlSeconds *int32 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3,oneof" json:"ttl_seconds,omitempty"`
+	// A label for the operator.
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUserTokenRequest) Reset() {
+	*x = CreateUserTokenRequest{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUserTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUserTokenRequest) ProtoMessage() {}
+
+func (x *CreateUserTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUserTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateUserTokenRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CreateUserTokenRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *CreateUserTokenRequest) GetTtlSeconds() int32 {
+	if x != nil && x.TtlSeconds != nil {
+		return *x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *CreateUserTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// Result of POST /admin/v1/users/{user_id}/tokens.
+type CreateUserTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's jti; what RevokeUserToken takes.
+	TokenId string `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// Bearer secret for user-facing endpoints; shown only in this response.
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	IssuedAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUserTokenResponse) Reset() {
+	*x = CreateUserTokenResponse{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUserTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUserTokenResponse) ProtoMessage() {}
+
+func (x *CreateUserTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUserTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateUserTokenResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CreateUserTokenResponse) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *CreateUserTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateUserTokenResponse) GetIssuedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return nil
+}
+
+func (x *CreateUserTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+// Path of DELETE /admin/v1/user_tokens/{token_id}.
+type RevokeUserTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TokenId       string                 `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserTokenRequest) Reset() {
+	*x = RevokeUserTokenRequest{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserTokenRequest) ProtoMessage() {}
+
+func (x *RevokeUserTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeUserTokenRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RevokeUserTokenRequest) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+// Empty result of DELETE /admin/v1/user_tokens/{token_id}.
+type RevokeUserTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserTokenResponse) Reset() {
+	*x = RevokeUserTokenResponse{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserTokenResponse) ProtoMessage() {}
+
+func (x *RevokeUserTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeUserTokenResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+// Body of POST /admin/v1/secrets/rotate.
+type RotateKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rows per transaction, 1..10000; absent or 0: 500.
+	BatchSize     *int32 `protobuf:"varint,1,opt,name=batch_size,json=batchSize,proto3,oneof" json:"batch_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeysRequest) Reset() {
+	*x = RotateKeysRequest{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeysRequest) ProtoMessage() {}
+
+func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RotateKeysRequest) GetBatchSize() int32 {
+	if x != nil && x.BatchSize != nil {
+		return *x.BatchSize
+	}
+	return 0
+}
+
+// What a rotation did to one encrypted column.
+type EncryptedColumnRotation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "table.column".
+	Column string `protobuf:"bytes,1,opt,name=column,proto3" json:"column,omitempty"`
+	// Rows looked at (non-null ciphertexts).
+	Scanned int64 `protobuf:"varint,2,opt,name=scanned,proto3" json:"scanned,omitempty"`
+	// Re-encrypted under the active key now.
+	Rewrapped int64 `protobuf:"varint,3,opt,name=rewrapped,proto3" json:"rewrapped,omitempty"`
+	// Already under the active key.
+	Current int64 `protobuf:"varint,4,opt,name=current,proto3" json:"current,omitempty"`
+	// Changed by a concurrent writer between read and write; left as the writer set it.
+	ChangedConcurrently int64 `protobuf:"varint,5,opt,name=changed_concurrently,json=changedConcurrently,proto3" json:"changed_concurrently,omitempty"`
+	// Not decryptable (key id not configured, tampered); left as they are.
+	Failed        int64 `protobuf:"varint,6,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncryptedColumnRotation) Reset() {
+	*x = EncryptedColumnRotation{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncryptedColumnRotation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncryptedColumnRotation) ProtoMessage() {}
+
+func (x *EncryptedColumnRotation) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncryptedColumnRotation.ProtoReflect.Descriptor instead.
+func (*EncryptedColumnRotation) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *EncryptedColumnRotation) GetColumn() string {
+	if x != nil {
+		return x.Column
+	}
+	return ""
+}
+
+func (x *EncryptedColumnRotation) GetScanned() int64 {
+	if x != nil {
+		return x.Scanned
+	}
+	return 0
+}
+
+func (x *EncryptedColumnRotation) GetRewrapped() int64 {
+	if x != nil {
+		return x.Rewrapped
+	}
+	return 0
+}
+
+func (x *EncryptedColumnRotation) GetCurrent() int64 {
+	if x != nil {
+		return x.Current
+	}
+	return 0
+}
+
+func (x *EncryptedColumnRotation) GetChangedConcurrently() int64 {
+	if x != nil {
+		return x.ChangedConcurrently
+	}
+	return 0
+}
+
+func (x *EncryptedColumnRotation) GetFailed() int64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+// Result of POST /admin/v1/secrets/rotate.
+type RotateKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Key id (first 8 hex of SHA-256 of the KEK) everything is now under.
+	ActiveKeyId   string                     `protobuf:"bytes,1,opt,name=active_key_id,json=activeKeyId,proto3" json:"active_key_id,omitempty"`
+	Columns       []*EncryptedColumnRotation `protobuf:"bytes,2,rep,name=columns,proto3" json:"columns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeysResponse) Reset() {
+	*x = RotateKeysResponse{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeysResponse) ProtoMessage() {}
+
+func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RotateKeysResponse) GetActiveKeyId() string {
+	if x != nil {
+		return x.ActiveKeyId
+	}
+	return ""
+}
+
+func (x *RotateKeysResponse) GetColumns() []*EncryptedColumnRotation {
+	if x != nil {
+		return x.Columns
+	}
+	return nil
+}
+
 // One metagraph_nodes row as an operator (or a metagraph sync) sets it; checksum, synced_at and
 // blacklist_reason are maintained by the server.
 type MetagraphNode struct {
@@ -1080,7 +1487,7 @@ type MetagraphNode struct {
 
 func (x *MetagraphNode) Reset() {
 	*x = MetagraphNode{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1499,7 @@ func (x *MetagraphNode) String() string {
 func (*MetagraphNode) ProtoMessage() {}
 
 func (x *MetagraphNode) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1512,7 @@ func (x *MetagraphNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetagraphNode.ProtoReflect.Descriptor instead.
 func (*MetagraphNode) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MetagraphNode) GetHotkey() string {
@@ -1237,7 +1644,7 @@ type UpsertMetagraphNodesRequest struct {
 
 func (x *UpsertMetagraphNodesRequest) Reset() {
 	*x = UpsertMetagraphNodesRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1656,7 @@ func (x *UpsertMetagraphNodesRequest) String() string {
 func (*UpsertMetagraphNodesRequest) ProtoMessage() {}
 
 func (x *UpsertMetagraphNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1669,7 @@ func (x *UpsertMetagraphNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertMetagraphNodesRequest.ProtoReflect.Descriptor instead.
 func (*UpsertMetagraphNodesRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UpsertMetagraphNodesRequest) GetNodes() []*MetagraphNode {
@@ -1283,7 +1690,7 @@ type UpsertMetagraphNodesResponse struct {
 
 func (x *UpsertMetagraphNodesResponse) Reset() {
 	*x = UpsertMetagraphNodesResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1702,7 @@ func (x *UpsertMetagraphNodesResponse) String() string {
 func (*UpsertMetagraphNodesResponse) ProtoMessage() {}
 
 func (x *UpsertMetagraphNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1715,7 @@ func (x *UpsertMetagraphNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertMetagraphNodesResponse.ProtoReflect.Descriptor instead.
 func (*UpsertMetagraphNodesResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpsertMetagraphNodesResponse) GetUpserted() int32 {
@@ -1330,7 +1737,7 @@ type SetBlacklistRequest struct {
 
 func (x *SetBlacklistRequest) Reset() {
 	*x = SetBlacklistRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1749,7 @@ func (x *SetBlacklistRequest) String() string {
 func (*SetBlacklistRequest) ProtoMessage() {}
 
 func (x *SetBlacklistRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1762,7 @@ func (x *SetBlacklistRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetBlacklistRequest.ProtoReflect.Descriptor instead.
 func (*SetBlacklistRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetBlacklistRequest) GetHotkey() string {
@@ -1384,7 +1791,7 @@ type SetBlacklistResponse struct {
 
 func (x *SetBlacklistResponse) Reset() {
 	*x = SetBlacklistResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1803,7 @@ func (x *SetBlacklistResponse) String() string {
 func (*SetBlacklistResponse) ProtoMessage() {}
 
 func (x *SetBlacklistResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1816,7 @@ func (x *SetBlacklistResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetBlacklistResponse.ProtoReflect.Descriptor instead.
 func (*SetBlacklistResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetBlacklistResponse) GetHotkey() string {
@@ -1448,7 +1855,7 @@ type MeasurementPolicy struct {
 
 func (x *MeasurementPolicy) Reset() {
 	*x = MeasurementPolicy{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1867,7 @@ func (x *MeasurementPolicy) String() string {
 func (*MeasurementPolicy) ProtoMessage() {}
 
 func (x *MeasurementPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1880,7 @@ func (x *MeasurementPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasurementPolicy.ProtoReflect.Descriptor instead.
 func (*MeasurementPolicy) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MeasurementPolicy) GetVersion() string {
@@ -1541,7 +1948,7 @@ type PutMeasurementPolicyRequest struct {
 
 func (x *PutMeasurementPolicyRequest) Reset() {
 	*x = PutMeasurementPolicyRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1960,7 @@ func (x *PutMeasurementPolicyRequest) String() string {
 func (*PutMeasurementPolicyRequest) ProtoMessage() {}
 
 func (x *PutMeasurementPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1973,7 @@ func (x *PutMeasurementPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutMeasurementPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutMeasurementPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PutMeasurementPolicyRequest) GetVersion() string {
@@ -1630,7 +2037,7 @@ type PutMeasurementPolicyResponse struct {
 
 func (x *PutMeasurementPolicyResponse) Reset() {
 	*x = PutMeasurementPolicyResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +2049,7 @@ func (x *PutMeasurementPolicyResponse) String() string {
 func (*PutMeasurementPolicyResponse) ProtoMessage() {}
 
 func (x *PutMeasurementPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +2062,7 @@ func (x *PutMeasurementPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutMeasurementPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutMeasurementPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PutMeasurementPolicyResponse) GetPolicy() *MeasurementPolicy {
@@ -1681,7 +2088,7 @@ type ListMeasurementPoliciesRequest struct {
 
 func (x *ListMeasurementPoliciesRequest) Reset() {
 	*x = ListMeasurementPoliciesRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +2100,7 @@ func (x *ListMeasurementPoliciesRequest) String() string {
 func (*ListMeasurementPoliciesRequest) ProtoMessage() {}
 
 func (x *ListMeasurementPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +2113,7 @@ func (x *ListMeasurementPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMeasurementPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListMeasurementPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 // Result of GET /admin/v1/measurements.
@@ -1719,7 +2126,7 @@ type ListMeasurementPoliciesResponse struct {
 
 func (x *ListMeasurementPoliciesResponse) Reset() {
 	*x = ListMeasurementPoliciesResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +2138,7 @@ func (x *ListMeasurementPoliciesResponse) String() string {
 func (*ListMeasurementPoliciesResponse) ProtoMessage() {}
 
 func (x *ListMeasurementPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +2151,7 @@ func (x *ListMeasurementPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMeasurementPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListMeasurementPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListMeasurementPoliciesResponse) GetPolicies() []*MeasurementPolicy {
@@ -1846,7 +2253,36 @@ const file_gantry_admin_v1_admin_proto_rawDesc = "" +
 	"\x13RevokeApiKeyRequest\x12\x1c\n" +
 	"\n" +
 	"api_key_id\x18\x01 \x01(\tR\bapiKeyId\"\x16\n" +
-	"\x14RevokeApiKeyResponse\"\xee\x03\n" +
+	"\x14RevokeApiKeyResponse\"{\n" +
+	"\x16CreateUserTokenRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12$\n" +
+	"\vttl_seconds\x18\x02 \x01(\x05H\x00R\n" +
+	"ttlSeconds\x88\x01\x01\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04nameB\x0e\n" +
+	"\f_ttl_seconds\"\xbe\x01\n" +
+	"\x17CreateUserTokenResponse\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x127\n" +
+	"\tissued_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"3\n" +
+	"\x16RevokeUserTokenRequest\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\tR\atokenId\"\x19\n" +
+	"\x17RevokeUserTokenResponse\"F\n" +
+	"\x11RotateKeysRequest\x12\"\n" +
+	"\n" +
+	"batch_size\x18\x01 \x01(\x05H\x00R\tbatchSize\x88\x01\x01B\r\n" +
+	"\v_batch_size\"\xce\x01\n" +
+	"\x17EncryptedColumnRotation\x12\x16\n" +
+	"\x06column\x18\x01 \x01(\tR\x06column\x12\x18\n" +
+	"\ascanned\x18\x02 \x01(\x03R\ascanned\x12\x1c\n" +
+	"\trewrapped\x18\x03 \x01(\x03R\trewrapped\x12\x18\n" +
+	"\acurrent\x18\x04 \x01(\x03R\acurrent\x121\n" +
+	"\x14changed_concurrently\x18\x05 \x01(\x03R\x13changedConcurrently\x12\x16\n" +
+	"\x06failed\x18\x06 \x01(\x03R\x06failed\"|\n" +
+	"\x12RotateKeysResponse\x12\"\n" +
+	"\ractive_key_id\x18\x01 \x01(\tR\vactiveKeyId\x12B\n" +
+	"\acolumns\x18\x02 \x03(\v2(.gantry.admin.v1.EncryptedColumnRotationR\acolumns\"\xee\x03\n" +
 	"\rMetagraphNode\x12\x16\n" +
 	"\x06hotkey\x18\x01 \x01(\tR\x06hotkey\x12\x18\n" +
 	"\acoldkey\x18\x02 \x01(\tR\acoldkey\x12\x16\n" +
@@ -1909,7 +2345,7 @@ const file_gantry_admin_v1_admin_proto_rawDesc = "" +
 	"\acreated\x18\x02 \x01(\bR\acreated\" \n" +
 	"\x1eListMeasurementPoliciesRequest\"a\n" +
 	"\x1fListMeasurementPoliciesResponse\x12>\n" +
-	"\bpolicies\x18\x01 \x03(\v2\".gantry.admin.v1.MeasurementPolicyR\bpolicies2\xfb\v\n" +
+	"\bpolicies\x18\x01 \x03(\v2\".gantry.admin.v1.MeasurementPolicyR\bpolicies2\x9c\x0f\n" +
 	"\fAdminService\x12\x80\x01\n" +
 	"\vUpsertChute\x12#.gantry.admin.v1.UpsertChuteRequest\x1a$.gantry.admin.v1.UpsertChuteResponse\"&\x82\xd3\xe4\x93\x02 :\x01*\x1a\x1b/admin/v1/chutes/{chute_id}\x12}\n" +
 	"\vDeleteChute\x12#.gantry.admin.v1.DeleteChuteRequest\x1a$.gantry.admin.v1.DeleteChuteResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/admin/v1/chutes/{chute_id}\x12\x80\x01\n" +
@@ -1918,7 +2354,11 @@ const file_gantry_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"CreateUser\x12\".gantry.admin.v1.CreateUserRequest\x1a#.gantry.admin.v1.CreateUserResponse\"\x1a\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/admin/v1/users\x12\x8a\x01\n" +
 	"\fCreateApiKey\x12$.gantry.admin.v1.CreateApiKeyRequest\x1a%.gantry.admin.v1.CreateApiKeyResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/admin/v1/users/{user_id}/api_keys\x12\x84\x01\n" +
-	"\fRevokeApiKey\x12$.gantry.admin.v1.RevokeApiKeyRequest\x1a%.gantry.admin.v1.RevokeApiKeyResponse\"'\x82\xd3\xe4\x93\x02!*\x1f/admin/v1/api_keys/{api_key_id}\x12\x99\x01\n" +
+	"\fRevokeApiKey\x12$.gantry.admin.v1.RevokeApiKeyRequest\x1a%.gantry.admin.v1.RevokeApiKeyResponse\"'\x82\xd3\xe4\x93\x02!*\x1f/admin/v1/api_keys/{api_key_id}\x12\x91\x01\n" +
+	"\x0fCreateUserToken\x12'.gantry.admin.v1.CreateUserTokenRequest\x1a(.gantry.admin.v1.CreateUserTokenResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /admin/v1/users/{user_id}/tokens\x12\x8e\x01\n" +
+	"\x0fRevokeUserToken\x12'.gantry.admin.v1.RevokeUserTokenRequest\x1a(.gantry.admin.v1.RevokeUserTokenResponse\"(\x82\xd3\xe4\x93\x02\"* /admin/v1/user_tokens/{token_id}\x12z\n" +
+	"\n" +
+	"RotateKeys\x12\".gantry.admin.v1.RotateKeysRequest\x1a#.gantry.admin.v1.RotateKeysResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/admin/v1/secrets/rotate\x12\x99\x01\n" +
 	"\x14UpsertMetagraphNodes\x12,.gantry.admin.v1.UpsertMetagraphNodesRequest\x1a-.gantry.admin.v1.UpsertMetagraphNodesResponse\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/admin/v1/metagraph/nodes\x12\x94\x01\n" +
 	"\fSetBlacklist\x12$.gantry.admin.v1.SetBlacklistRequest\x1a%.gantry.admin.v1.SetBlacklistResponse\"7\x82\xd3\xe4\x93\x021:\x01*\x1a,/admin/v1/metagraph/nodes/{hotkey}/blacklist\x12\x9d\x01\n" +
 	"\x14PutMeasurementPolicy\x12,.gantry.admin.v1.PutMeasurementPolicyRequest\x1a-.gantry.admin.v1.PutMeasurementPolicyResponse\"(\x82\xd3\xe4\x93\x02\":\x01*\x1a\x1d/admin/v1/measurements/{name}\x12\x9c\x01\n" +
@@ -1936,7 +2376,7 @@ func file_gantry_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_gantry_admin_v1_admin_proto_rawDescData
 }
 
-var file_gantry_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_gantry_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_gantry_admin_v1_admin_proto_goTypes = []any{
 	(*UpsertChuteRequest)(nil),              // 0: gantry.admin.v1.UpsertChuteRequest
 	(*UpsertChuteResponse)(nil),             // 1: gantry.admin.v1.UpsertChuteResponse
@@ -1953,56 +2393,72 @@ var file_gantry_admin_v1_admin_proto_goTypes = []any{
 	(*CreateApiKeyResponse)(nil),            // 12: gantry.admin.v1.CreateApiKeyResponse
 	(*RevokeApiKeyRequest)(nil),             // 13: gantry.admin.v1.RevokeApiKeyRequest
 	(*RevokeApiKeyResponse)(nil),            // 14: gantry.admin.v1.RevokeApiKeyResponse
-	(*MetagraphNode)(nil),                   // 15: gantry.admin.v1.MetagraphNode
-	(*UpsertMetagraphNodesRequest)(nil),     // 16: gantry.admin.v1.UpsertMetagraphNodesRequest
-	(*UpsertMetagraphNodesResponse)(nil),    // 17: gantry.admin.v1.UpsertMetagraphNodesResponse
-	(*SetBlacklistRequest)(nil),             // 18: gantry.admin.v1.SetBlacklistRequest
-	(*SetBlacklistResponse)(nil),            // 19: gantry.admin.v1.SetBlacklistResponse
-	(*MeasurementPolicy)(nil),               // 20: gantry.admin.v1.MeasurementPolicy
-	(*PutMeasurementPolicyRequest)(nil),     // 21: gantry.admin.v1.PutMeasurementPolicyRequest
-	(*PutMeasurementPolicyResponse)(nil),    // 22: gantry.admin.v1.PutMeasurementPolicyResponse
-	(*ListMeasurementPoliciesRequest)(nil),  // 23: gantry.admin.v1.ListMeasurementPoliciesRequest
-	(*ListMeasurementPoliciesResponse)(nil), // 24: gantry.admin.v1.ListMeasurementPoliciesResponse
-	(*structpb.Struct)(nil),                 // 25: google.protobuf.Struct
-	(*structpb.ListValue)(nil),              // 26: google.protobuf.ListValue
-	(*timestamppb.Timestamp)(nil),           // 27: google.protobuf.Timestamp
+	(*CreateUserTokenRequest)(nil),          // 15: gantry.admin.v1.CreateUserTokenRequest
+	(*CreateUserTokenResponse)(nil),         // 16: gantry.admin.v1.CreateUserTokenResponse
+	(*RevokeUserTokenRequest)(nil),          // 17: gantry.admin.v1.RevokeUserTokenRequest
+	(*RevokeUserTokenResponse)(nil),         // 18: gantry.admin.v1.RevokeUserTokenResponse
+	(*RotateKeysRequest)(nil),               // 19: gantry.admin.v1.RotateKeysRequest
+	(*EncryptedColumnRotation)(nil),         // 20: gantry.admin.v1.EncryptedColumnRotation
+	(*RotateKeysResponse)(nil),              // 21: gantry.admin.v1.RotateKeysResponse
+	(*MetagraphNode)(nil),                   // 22: gantry.admin.v1.MetagraphNode
+	(*UpsertMetagraphNodesRequest)(nil),     // 23: gantry.admin.v1.UpsertMetagraphNodesRequest
+	(*UpsertMetagraphNodesResponse)(nil),    // 24: gantry.admin.v1.UpsertMetagraphNodesResponse
+	(*SetBlacklistRequest)(nil),             // 25: gantry.admin.v1.SetBlacklistRequest
+	(*SetBlacklistResponse)(nil),            // 26: gantry.admin.v1.SetBlacklistResponse
+	(*MeasurementPolicy)(nil),               // 27: gantry.admin.v1.MeasurementPolicy
+	(*PutMeasurementPolicyRequest)(nil),     // 28: gantry.admin.v1.PutMeasurementPolicyRequest
+	(*PutMeasurementPolicyResponse)(nil),    // 29: gantry.admin.v1.PutMeasurementPolicyResponse
+	(*ListMeasurementPoliciesRequest)(nil),  // 30: gantry.admin.v1.ListMeasurementPoliciesRequest
+	(*ListMeasurementPoliciesResponse)(nil), // 31: gantry.admin.v1.ListMeasurementPoliciesResponse
+	(*structpb.Struct)(nil),                 // 32: google.protobuf.Struct
+	(*structpb.ListValue)(nil),              // 33: google.protobuf.ListValue
+	(*timestamppb.Timestamp)(nil),           // 34: google.protobuf.Timestamp
 }
 var file_gantry_admin_v1_admin_proto_depIdxs = []int32{
-	25, // 0: gantry.admin.v1.UpsertChuteRequest.node_selector:type_name -> google.protobuf.Struct
-	26, // 1: gantry.admin.v1.UpsertChuteRequest.jobs:type_name -> google.protobuf.ListValue
-	25, // 2: gantry.admin.v1.CreateJobRequest.job_args:type_name -> google.protobuf.Struct
+	32, // 0: gantry.admin.v1.UpsertChuteRequest.node_selector:type_name -> google.protobuf.Struct
+	33, // 1: gantry.admin.v1.UpsertChuteRequest.jobs:type_name -> google.protobuf.ListValue
+	32, // 2: gantry.admin.v1.CreateJobRequest.job_args:type_name -> google.protobuf.Struct
 	6,  // 3: gantry.admin.v1.CreateJobRequest.ports:type_name -> gantry.admin.v1.JobPort
-	27, // 4: gantry.admin.v1.CreateApiKeyResponse.created_at:type_name -> google.protobuf.Timestamp
-	15, // 5: gantry.admin.v1.UpsertMetagraphNodesRequest.nodes:type_name -> gantry.admin.v1.MetagraphNode
-	20, // 6: gantry.admin.v1.PutMeasurementPolicyResponse.policy:type_name -> gantry.admin.v1.MeasurementPolicy
-	20, // 7: gantry.admin.v1.ListMeasurementPoliciesResponse.policies:type_name -> gantry.admin.v1.MeasurementPolicy
-	0,  // 8: gantry.admin.v1.AdminService.UpsertChute:input_type -> gantry.admin.v1.UpsertChuteRequest
-	2,  // 9: gantry.admin.v1.AdminService.DeleteChute:input_type -> gantry.admin.v1.DeleteChuteRequest
-	4,  // 10: gantry.admin.v1.AdminService.UpsertImage:input_type -> gantry.admin.v1.UpsertImageRequest
-	7,  // 11: gantry.admin.v1.AdminService.CreateJob:input_type -> gantry.admin.v1.CreateJobRequest
-	9,  // 12: gantry.admin.v1.AdminService.CreateUser:input_type -> gantry.admin.v1.CreateUserRequest
-	11, // 13: gantry.admin.v1.AdminService.CreateApiKey:input_type -> gantry.admin.v1.CreateApiKeyRequest
-	13, // 14: gantry.admin.v1.AdminService.RevokeApiKey:input_type -> gantry.admin.v1.RevokeApiKeyRequest
-	16, // 15: gantry.admin.v1.AdminService.UpsertMetagraphNodes:input_type -> gantry.admin.v1.UpsertMetagraphNodesRequest
-	18, // 16: gantry.admin.v1.AdminService.SetBlacklist:input_type -> gantry.admin.v1.SetBlacklistRequest
-	21, // 17: gantry.admin.v1.AdminService.PutMeasurementPolicy:input_type -> gantry.admin.v1.PutMeasurementPolicyRequest
-	23, // 18: gantry.admin.v1.AdminService.ListMeasurementPolicies:input_type -> gantry.admin.v1.ListMeasurementPoliciesRequest
-	1,  // 19: gantry.admin.v1.AdminService.UpsertChute:output_type -> gantry.admin.v1.UpsertChuteResponse
-	3,  // 20: gantry.admin.v1.AdminService.DeleteChute:output_type -> gantry.admin.v1.DeleteChuteResponse
-	5,  // 21: gantry.admin.v1.AdminService.UpsertImage:output_type -> gantry.admin.v1.UpsertImageResponse
-	8,  // 22: gantry.admin.v1.AdminService.CreateJob:output_type -> gantry.admin.v1.CreateJobResponse
-	10, // 23: gantry.admin.v1.AdminService.CreateUser:output_type -> gantry.admin.v1.CreateUserResponse
-	12, // 24: gantry.admin.v1.AdminService.CreateApiKey:output_type -> gantry.admin.v1.CreateApiKeyResponse
-	14, // 25: gantry.admin.v1.AdminService.RevokeApiKey:output_type -> gantry.admin.v1.RevokeApiKeyResponse
-	17, // 26: gantry.admin.v1.AdminService.UpsertMetagraphNodes:output_type -> gantry.admin.v1.UpsertMetagraphNodesResponse
-	19, // 27: gantry.admin.v1.AdminService.SetBlacklist:output_type -> gantry.admin.v1.SetBlacklistResponse
-	22, // 28: gantry.admin.v1.AdminService.PutMeasurementPolicy:output_type -> gantry.admin.v1.PutMeasurementPolicyResponse
-	24, // 29: gantry.admin.v1.AdminService.ListMeasurementPolicies:output_type -> gantry.admin.v1.ListMeasurementPoliciesResponse
-	19, // [19:30] is the sub-list for method output_type
-	8,  // [8:19] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	34, // 4: gantry.admin.v1.CreateApiKeyResponse.created_at:type_name -> google.protobuf.Timestamp
+	34, // 5: gantry.admin.v1.CreateUserTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
+	34, // 6: gantry.admin.v1.CreateUserTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 7: gantry.admin.v1.RotateKeysResponse.columns:type_name -> gantry.admin.v1.EncryptedColumnRotation
+	22, // 8: gantry.admin.v1.UpsertMetagraphNodesRequest.nodes:type_name -> gantry.admin.v1.MetagraphNode
+	27, // 9: gantry.admin.v1.PutMeasurementPolicyResponse.policy:type_name -> gantry.admin.v1.MeasurementPolicy
+	27, // 10: gantry.admin.v1.ListMeasurementPoliciesResponse.policies:type_name -> gantry.admin.v1.MeasurementPolicy
+	0,  // 11: gantry.admin.v1.AdminService.UpsertChute:input_type -> gantry.admin.v1.UpsertChuteRequest
+	2,  // 12: gantry.admin.v1.AdminService.DeleteChute:input_type -> gantry.admin.v1.DeleteChuteRequest
+	4,  // 13: gantry.admin.v1.AdminService.UpsertImage:input_type -> gantry.admin.v1.UpsertImageRequest
+	7,  // 14: gantry.admin.v1.AdminService.CreateJob:input_type -> gantry.admin.v1.CreateJobRequest
+	9,  // 15: gantry.admin.v1.AdminService.CreateUser:input_type -> gantry.admin.v1.CreateUserRequest
+	11, // 16: gantry.admin.v1.AdminService.CreateApiKey:input_type -> gantry.admin.v1.CreateApiKeyRequest
+	13, // 17: gantry.admin.v1.AdminService.RevokeApiKey:input_type -> gantry.admin.v1.RevokeApiKeyRequest
+	15, // 18: gantry.admin.v1.AdminService.CreateUserToken:input_type -> gantry.admin.v1.CreateUserTokenRequest
+	17, // 19: gantry.admin.v1.AdminService.RevokeUserToken:input_type -> gantry.admin.v1.RevokeUserTokenRequest
+	19, // 20: gantry.admin.v1.AdminService.RotateKeys:input_type -> gantry.admin.v1.RotateKeysRequest
+	23, // 21: gantry.admin.v1.AdminService.UpsertMetagraphNodes:input_type -> gantry.admin.v1.UpsertMetagraphNodesRequest
+	25, // 22: gantry.admin.v1.AdminService.SetBlacklist:input_type -> gantry.admin.v1.SetBlacklistRequest
+	28, // 23: gantry.admin.v1.AdminService.PutMeasurementPolicy:input_type -> gantry.admin.v1.PutMeasurementPolicyRequest
+	30, // 24: gantry.admin.v1.AdminService.ListMeasurementPolicies:input_type -> gantry.admin.v1.ListMeasurementPoliciesRequest
+	1,  // 25: gantry.admin.v1.AdminService.UpsertChute:output_type -> gantry.admin.v1.UpsertChuteResponse
+	3,  // 26: gantry.admin.v1.AdminService.DeleteChute:output_type -> gantry.admin.v1.DeleteChuteResponse
+	5,  // 27: gantry.admin.v1.AdminService.UpsertImage:output_type -> gantry.admin.v1.UpsertImageResponse
+	8,  // 28: gantry.admin.v1.AdminService.CreateJob:output_type -> gantry.admin.v1.CreateJobResponse
+	10, // 29: gantry.admin.v1.AdminService.CreateUser:output_type -> gantry.admin.v1.CreateUserResponse
+	12, // 30: gantry.admin.v1.AdminService.CreateApiKey:output_type -> gantry.admin.v1.CreateApiKeyResponse
+	14, // 31: gantry.admin.v1.AdminService.RevokeApiKey:output_type -> gantry.admin.v1.RevokeApiKeyResponse
+	16, // 32: gantry.admin.v1.AdminService.CreateUserToken:output_type -> gantry.admin.v1.CreateUserTokenResponse
+	18, // 33: gantry.admin.v1.AdminService.RevokeUserToken:output_type -> gantry.admin.v1.RevokeUserTokenResponse
+	21, // 34: gantry.admin.v1.AdminService.RotateKeys:output_type -> gantry.admin.v1.RotateKeysResponse
+	24, // 35: gantry.admin.v1.AdminService.UpsertMetagraphNodes:output_type -> gantry.admin.v1.UpsertMetagraphNodesResponse
+	26, // 36: gantry.admin.v1.AdminService.SetBlacklist:output_type -> gantry.admin.v1.SetBlacklistResponse
+	29, // 37: gantry.admin.v1.AdminService.PutMeasurementPolicy:output_type -> gantry.admin.v1.PutMeasurementPolicyResponse
+	31, // 38: gantry.admin.v1.AdminService.ListMeasurementPolicies:output_type -> gantry.admin.v1.ListMeasurementPoliciesResponse
+	25, // [25:39] is the sub-list for method output_type
+	11, // [11:25] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_gantry_admin_v1_admin_proto_init() }
@@ -2016,15 +2472,17 @@ func file_gantry_admin_v1_admin_proto_init() {
 	file_gantry_admin_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
 	file_gantry_admin_v1_admin_proto_msgTypes[15].OneofWrappers = []any{}
 	file_gantry_admin_v1_admin_proto_msgTypes[19].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[20].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[21].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[22].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[26].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[27].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_admin_v1_admin_proto_rawDesc), len(file_gantry_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

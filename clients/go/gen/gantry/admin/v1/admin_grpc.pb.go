@@ -30,6 +30,9 @@ const (
 	AdminService_CreateUser_FullMethodName              = "/gantry.admin.v1.AdminService/CreateUser"
 	AdminService_CreateApiKey_FullMethodName            = "/gantry.admin.v1.AdminService/CreateApiKey"
 	AdminService_RevokeApiKey_FullMethodName            = "/gantry.admin.v1.AdminService/RevokeApiKey"
+	AdminService_CreateUserToken_FullMethodName         = "/gantry.admin.v1.AdminService/CreateUserToken"
+	AdminService_RevokeUserToken_FullMethodName         = "/gantry.admin.v1.AdminService/RevokeUserToken"
+	AdminService_RotateKeys_FullMethodName              = "/gantry.admin.v1.AdminService/RotateKeys"
 	AdminService_UpsertMetagraphNodes_FullMethodName    = "/gantry.admin.v1.AdminService/UpsertMetagraphNodes"
 	AdminService_SetBlacklist_FullMethodName            = "/gantry.admin.v1.AdminService/SetBlacklist"
 	AdminService_PutMeasurementPolicy_FullMethodName    = "/gantry.admin.v1.AdminService/PutMeasurementPolicy"
@@ -54,6 +57,12 @@ type AdminServiceClient interface {
 	CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error)
 	// DELETE /admin/v1/api_keys/{api_key_id}: revoke an API key at once.
 	RevokeApiKey(ctx context.Context, in *RevokeApiKeyRequest, opts ...grpc.CallOption) (*RevokeApiKeyResponse, error)
+	// POST /admin/v1/users/{user_id}/tokens: issue a short-lived user token (HS256 JWT); returned once, revocable.
+	CreateUserToken(ctx context.Context, in *CreateUserTokenRequest, opts ...grpc.CallOption) (*CreateUserTokenResponse, error)
+	// DELETE /admin/v1/user_tokens/{token_id}: revoke a user token at once (every replica, next call).
+	RevokeUserToken(ctx context.Context, in *RevokeUserTokenRequest, opts ...grpc.CallOption) (*RevokeUserTokenResponse, error)
+	// POST /admin/v1/secrets/rotate: re-encrypt every secret at rest not yet under the active KEK (GANTRY_KEK).
+	RotateKeys(ctx context.Context, in *RotateKeysRequest, opts ...grpc.CallOption) (*RotateKeysResponse, error)
 	// POST /admin/v1/metagraph/nodes: upsert metagraph nodes by hotkey; an existing blacklist_reason is kept.
 	UpsertMetagraphNodes(ctx context.Context, in *UpsertMetagraphNodesRequest, opts ...grpc.CallOption) (*UpsertMetagraphNodesResponse, error)
 	// PUT /admin/v1/metagraph/nodes/{hotkey}/blacklist: set the hotkey's blacklist reason; an empty reason clears it.
@@ -142,6 +151,36 @@ func (c *adminServiceClient) RevokeApiKey(ctx context.Context, in *RevokeApiKeyR
 	return out, nil
 }
 
+func (c *adminServiceClient) CreateUserToken(ctx context.Context, in *CreateUserTokenRequest, opts ...grpc.CallOption) (*CreateUserTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateUserTokenResponse)
+	err := c.cc.Invoke(ctx, AdminService_CreateUserToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeUserToken(ctx context.Context, in *RevokeUserTokenRequest, opts ...grpc.CallOption) (*RevokeUserTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeUserTokenResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeUserToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RotateKeys(ctx context.Context, in *RotateKeysRequest, opts ...grpc.CallOption) (*RotateKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateKeysResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) UpsertMetagraphNodes(ctx context.Context, in *UpsertMetagraphNodesRequest, opts ...grpc.CallOption) (*UpsertMetagraphNodesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(UpsertMetagraphNodesResponse)
@@ -200,6 +239,12 @@ type AdminServiceServer interface {
 	CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error)
 	// DELETE /admin/v1/api_keys/{api_key_id}: revoke an API key at once.
 	RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error)
+	// POST /admin/v1/users/{user_id}/tokens: issue a short-lived user token (HS256 JWT); returned once, revocable.
+	CreateUserToken(context.Context, *CreateUserTokenRequest) (*CreateUserTokenResponse, error)
+	// DELETE /admin/v1/user_tokens/{token_id}: revoke a user token at once (every replica, next call).
+	RevokeUserToken(context.Context, *RevokeUserTokenRequest) (*RevokeUserTokenResponse, error)
+	// POST /admin/v1/secrets/rotate: re-encrypt every secret at rest not yet under the active KEK (GANTRY_KEK).
+	RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error)
 	// POST /admin/v1/metagraph/nodes: upsert metagraph nodes by hotkey; an existing blacklist_reason is kept.
 	UpsertMetagraphNodes(context.Context, *UpsertMetagraphNodesRequest) (*UpsertMetagraphNodesResponse, error)
 	// PUT /admin/v1/metagraph/nodes/{hotkey}/blacklist: set the hotkey's blacklist reason; an empty reason clears it.
@@ -238,6 +283,15 @@ func (UnimplementedAdminServiceServer) CreateApiKey(context.Context, *CreateApiK
 }
 func (UnimplementedAdminServiceServer) RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeApiKey not implemented")
+}
+func (UnimplementedAdminServiceServer) CreateUserToken(context.Context, *CreateUserTokenRequest) (*CreateUserTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateUserToken not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeUserToken(context.Context, *RevokeUserTokenRequest) (*RevokeUserTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeUserToken not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateKeys not implemented")
 }
 func (UnimplementedAdminServiceServer) UpsertMetagraphNodes(context.Context, *UpsertMetagraphNodesRequest) (*UpsertMetagraphNodesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpsertMetagraphNodes not implemented")
@@ -398,6 +452,60 @@ func _AdminService_RevokeApiKey_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CreateUserToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateUserTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CreateUserToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CreateUserToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CreateUserToken(ctx, req.(*CreateUserTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeUserToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeUserTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeUserToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeUserToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeUserToken(ctx, req.(*RevokeUserTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RotateKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateKeys(ctx, req.(*RotateKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_UpsertMetagraphNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpsertMetagraphNodesRequest)
 	if err := dec(in); err != nil {
@@ -504,6 +612,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeApiKey",
 			Handler:    _AdminService_RevokeApiKey_Handler,
+		},
+		{
+			MethodName: "CreateUserToken",
+			Handler:    _AdminService_CreateUserToken_Handler,
+		},
+		{
+			MethodName: "RevokeUserToken",
+			Handler:    _AdminService_RevokeUserToken_Handler,
+		},
+		{
+			MethodName: "RotateKeys",
+			Handler:    _AdminService_RotateKeys_Handler,
 		},
 		{
 			MethodName: "UpsertMetagraphNodes",
