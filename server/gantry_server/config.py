@@ -165,7 +165,8 @@ class Settings:
             kw["kek_previous"] = tuple(p.strip() for p in v.split(",") if p.strip())
         if v := get("GANTRY_TRUSTED_PROXIES"):
             kw["trusted_proxies"] = _networks("GANTRY_TRUSTED_PROXIES", v)
-        kw["broker"] = _broker_from_env(get)
+        embedded = "database_url" not in kw or "redis_url" not in kw
+        kw["broker"] = _broker_from_env(get, embedded=embedded)
         kw["attestation"] = _attestation_from_env(get)
         return cls(**kw)
 
@@ -183,9 +184,13 @@ def _positive(name: str, raw: str, cast=float):
     return value
 
 
-def _broker_from_env(get) -> BrokerSettings:
-    """Broker settings; a listed provider without its credentials stops the start (no silent demo mode)."""
-    kw: dict = {}
+def _broker_from_env(get, *, embedded: bool) -> BrokerSettings:
+    """Broker settings; a listed provider without its credentials stops the start (no silent demo mode).
+
+    Unset GANTRY_BROKER_PROVIDERS means the simulated provider on the embedded default (a laptop) and no
+    provider at all otherwise: a production deployment never serves simulated instances by accident.
+    """
+    kw: dict = {} if embedded else {"providers": ()}
     if v := get("GANTRY_BROKER_PROVIDERS"):
         names = tuple(p.strip().lower() for p in v.split(",") if p.strip())
         unknown = [n for n in names if n not in _PROVIDERS]
