@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from . import embedded
 from .clock import Clock, SystemClock
 from .config import ConfigError, Settings
+from .domain.auth.launch_tokens import LaunchTokenKeys
 from .domain.secrets_at_rest import Keyring, SecretsError, load_keyring
 from .broker.wiring import start_broker, stop_broker
 from .interceptors import ObservabilityInterceptor
@@ -138,6 +139,7 @@ class GantryApp:
 
         if s.migrate_on_start:
             await migrate.upgrade(engine)
+        self.rt.launch_keys = await LaunchTokenKeys.shared(engine, self.rt.keyring)
         await start_broker(self.rt, self._providers)
         await self.rt.lifecycle.startup_sweep()  # /health answers 503 until this is done
         if s.broker.background_loops:

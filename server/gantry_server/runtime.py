@@ -28,6 +28,7 @@ class Runtime:
     state: ServiceState = field(default_factory=ServiceState)
     admin_token: str | None = None
     keyring: Any = None  # domain.secrets_at_rest.Keyring: secrets at rest (never logged)
+    launch_keys: Any = None  # domain.auth.launch_tokens.LaunchTokenKeys, shared by replicas (service_keys)
     # Broker face (seed 004); None until app.py builds it.
     providers: dict = field(default_factory=dict)  # name -> providers.base.GpuProvider
     inventory: Any = None  # broker.inventory.Inventory

@@ -21,7 +21,6 @@ from gantry.servers.v1 import servers_pb2, servers_pb2_grpc
 from gantry_server.app import GantryApp
 from gantry_server.clock import ManualClock
 from gantry_server.domain.auth import signatures as s
-from gantry_server.domain.auth.launch_tokens import LaunchTokenKeys
 from gantry_server.domain.auth.nonces import AttestationNonces, BootTokens
 
 from ..conftest import ADMIN_METADATA, make_settings
@@ -188,7 +187,7 @@ async def test_luks_get_needs_a_matching_boot_token(world, auth_app):
 
 
 async def test_launch_token_must_be_for_the_config_in_the_path(world, auth_app):
-    keys = LaunchTokenKeys.load_or_create(auth_app.settings.data_dir / "launch_config.pem")
+    keys = auth_app.rt.launch_keys  # the deployment's shared key (service_keys)
     token = keys.issue(config_id="cfg-1", chute_id="c", url="u", env_key="0" * 32, egress=False, lock_modules=False,
                        env_type="graval", now=NOW)
     instances = instances_pb2_grpc.InstanceServiceStub(world)

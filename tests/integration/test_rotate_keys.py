@@ -30,6 +30,7 @@ B64 = {k: base64.b64encode(k).decode() for k in (OLD, NEW)}
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 SESSIONS = "broker_sessions.ssh_private_key_enc"
 LUKS = "vm_luks_passphrases.ciphertext"
+SERVICE_KEYS = "service_keys.key_enc"  # empty here: clean_db removed the server's launch key
 
 
 def secret(i: int) -> bytes:
@@ -94,13 +95,13 @@ async def test_rotation_makes_old_secrets_readable_under_the_new_key_alone(clean
     assert await read_all(clean_db, rotating) == plain
 
     reports = await key_rotation.rotate_all(clean_db, rotating, batch_size=3)  # several batches per column
-    assert counts(reports) == {SESSIONS: (7, 7, 0, 0, 0), LUKS: (6, 6, 0, 0, 0)}
+    assert counts(reports) == {SESSIONS: (7, 7, 0, 0, 0), LUKS: (6, 6, 0, 0, 0), SERVICE_KEYS: (0, 0, 0, 0, 0)}
     assert await read_all(clean_db, Keyring(NEW)) == plain  # the new key alone now
     with pytest.raises(SecretsError):
         await read_all(clean_db, Keyring(OLD))  # and the old key alone no longer
 
     again = await key_rotation.rotate_all(clean_db, rotating, batch_size=3)
-    assert counts(again) == {SESSIONS: (7, 0, 7, 0, 0), LUKS: (6, 0, 6, 0, 0)}
+    assert counts(again) == {SESSIONS: (7, 0, 7, 0, 0), LUKS: (6, 0, 6, 0, 0), SERVICE_KEYS: (0, 0, 0, 0, 0)}
     for text_ in plain.values():
         assert text_.decode() not in caplog.text
     assert "rewrapped=7" in caplog.text
@@ -158,7 +159,7 @@ async def test_cli_rotates_through_the_server_and_shows_counts_only(rotating_app
     out, err = capsys.readouterr()
     row = json.loads(out)
     assert row["active_key_id"] == Keyring(NEW).active_id and err == ""
-    assert {c["column"]: c["rewrapped"] for c in row["columns"]} == {SESSIONS: 4, LUKS: 3}
+    assert {c["column"]: c["rewrapped"] for c in row["columns"]} == {SESSIONS: 4, LUKS: 3, SERVICE_KEYS: 0}
     assert await read_all(clean_db, Keyring(NEW)) == plain
 
     assert await admin_cli.amain([*common, "rotate-keys"]) == 0  # table output, nothing left to do
@@ -184,4 +185,4 @@ async def test_rotate_keys_rpc_checks_its_input_and_the_admin_token(rotating_app
             await admin.RotateKeys(admin_pb2.RotateKeysRequest())
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         done = await admin.RotateKeys(admin_pb2.RotateKeysRequest(), metadata=ADMIN_METADATA)
-        assert [c.scanned for c in done.columns] == [0, 0]
+        assert [c.scanned for c in done.columns] == [0, 0, 0]

@@ -73,10 +73,3 @@ def test_wrong_issuer_and_garbage_are_refused():
 
 def test_bearer_takes_the_last_word_like_the_reference():
     assert bearer_token("Bearer abc") == "abc" and bearer_token("abc") == "abc" and bearer_token(None) == ""
-
-
-def test_embedded_key_is_kept_in_the_data_dir(tmp_path):
-    first = LaunchTokenKeys.load_or_create(tmp_path / "launch.pem")
-    again = LaunchTokenKeys.load_or_create(tmp_path / "launch.pem")
-    assert again.verify(_issue(first), "cfg-1", now=NOW)
-    assert oct((tmp_path / "launch.pem").stat().st_mode)[-3:] == "600"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable
 
 from grpc import aio
@@ -56,8 +55,8 @@ class _Parts:
 
     @property
     def launch_keys(self) -> LaunchTokenKeys:
-        if self._launch_keys is None:  # interim: the launch-config issue moves this key into configuration
-            self._launch_keys = LaunchTokenKeys.load_or_create(Path(self.rt.settings.data_dir) / "launch_config.pem")
+        if self._launch_keys is None:  # the deployment's shared key, loaded by app.py once migrations ran
+            self._launch_keys = self.rt.launch_keys
         return self._launch_keys
 
 

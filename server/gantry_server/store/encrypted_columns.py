@@ -15,7 +15,8 @@ from sqlalchemy.engine import RowMapping
 
 from ..broker.sessions import _key_context as _session_key_context
 from ..domain.attestation import passphrases
-from .models import broker_sessions, vm_luks_passphrases
+from . import service_keys
+from .models import broker_sessions, service_keys as service_keys_table, vm_luks_passphrases
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     EncryptedColumn(broker_sessions, "ssh_private_key_enc", lambda r: _session_key_context(r["id"])),
     EncryptedColumn(vm_luks_passphrases, "ciphertext",
                     lambda r: passphrases.context(r["miner_hotkey"], r["vm_name"], r["volume"])),
+    EncryptedColumn(service_keys_table, "key_enc", lambda r: service_keys.context(r["name"])),
 )
 
 # LargeBinary columns that hold no secret (none yet); listed so the completeness test can tell them apart.

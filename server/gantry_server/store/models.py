@@ -322,3 +322,12 @@ user_tokens = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
+
+# Keys the service itself signs with, shared by every replica, stored only encrypted (Keyring envelope; listed in
+# store/encrypted_columns.py so key rotation covers them). `name` says what the key is for.
+service_keys = Table(
+    "service_keys", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("key_enc", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -14,7 +14,6 @@ Claims follow the reference: `sub` (the config id), `chute_id`, `iat`, `exp` (ia
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +26,9 @@ ALGORITHMS = ["ES256"]
 
 class LaunchTokenError(ValueError):
     """The token is missing, malformed, forged, expired or for another config."""
+
+
+LAUNCH_KEY_NAME = "launch_config_es256"
 
 
 class LaunchTokenKeys:
@@ -46,16 +48,18 @@ class LaunchTokenKeys:
             raise ValueError("the launch-config key must be an EC P-256 private key (PEM)")
         return cls(key, key.public_key())
 
+    def private_pem(self) -> bytes:
+        return self.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption())
+
     @classmethod
-    def load_or_create(cls, path: Path) -> "LaunchTokenKeys":
-        """The embedded default: a P-256 key kept in the data directory (0600)."""
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-            path.write_bytes(pem)
-            path.chmod(0o600)
-        return cls.from_pem(path.read_bytes())
+    async def shared(cls, engine, keyring) -> "LaunchTokenKeys":
+        """The deployment's key: generated once per database by whichever replica starts first, kept only
+        encrypted (a token issued by one replica verifies on every other)."""
+        from ...store import service_keys  # noqa: PLC0415 - the store imports domain modules, not the reverse
+
+        pem = await service_keys.load_or_create(engine, keyring, LAUNCH_KEY_NAME, lambda: cls.generate().private_pem())
+        return cls.from_pem(pem)
 
     def issue(self, *, config_id: str, chute_id: str, url: str, env_key: str, egress: bool, lock_modules: bool,
               env_type: str, now: int, job_id: str | None = None, disk_gb: int | None = None) -> str:
