@@ -10,8 +10,6 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from gantry.broker.v1 import sessions_pb2
@@ -21,6 +19,7 @@ from gantry_server.providers.base import ErrorKind
 from gantry_server.store.models import broker_sessions
 
 from .broker_harness import running_broker
+from .servers_harness import error_info
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,14 +33,6 @@ async def broker(database_url, redis_url, tmp_path, clean_db, redis):
 def sample(metric, **labels) -> float:
     value = metric.labels(**labels)._value.get() if labels else metric._value.get()
     return float(value)
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    info = error_details_pb2.ErrorInfo()
-    for detail in rpc_status.from_call(err).details:
-        if detail.Unpack(info):
-            return info
-    raise AssertionError("no ErrorInfo")
 
 
 async def expect_error(coro, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -121,6 +112,31 @@ async def test_bad_values_name_the_field(broker, field, value, message):
                              grpc.StatusCode.INVALID_ARGUMENT)
     assert field in err.details() and message in err.details()
     assert await count_sessions(broker) == 0
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model_id", "m" * 300), ("docker_image", "i" * 600), ("on_start_cmd", "echo \x00 ok"), ("quantization", "q" * 40),
+    ("offer_id", "o" * 300),
+])
+async def test_hostile_strings_are_refused_naming_the_field_and_nothing_is_written(broker, field, value):
+    kw = {"consumer_id": "app", "offer_id": await broker.offer(), "workload_type": "llm", "reservation_hours": 2}
+    kw[field] = value
+    response = await broker.http.post("/api/v1/sessions", json=kw)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]
+    assert await count_sessions(broker) == 0
+
+
+async def test_concurrent_extensions_all_count_and_never_cross_the_hard_max(broker):
+    h = broker
+    s = await h.create(reservation_hours=2)
+    results = await asyncio.gather(*(h.stub.ExtendSession(sessions_pb2.ExtendSessionRequest(
+        id=s.id, additional_hours=3)) for _ in range(5)), return_exceptions=True)
+    granted = [r for r in results if not isinstance(r, Exception)]
+    assert len(granted) == 3  # 2 + 3 * 3 = 11 h; a fourth would make 14 h
+    final = await h.get(s.id)
+    assert final.expires_at.ToDatetime() - final.created_at.ToDatetime() == timedelta(hours=11)
+    assert final.reservation_hours == 11
 
 
 async def test_insufficient_disk_leaves_no_zombie_row_and_a_retry_is_not_a_duplicate(broker):

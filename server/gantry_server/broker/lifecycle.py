@@ -34,7 +34,6 @@ class Lifecycle:
         self.b = manager.b
         self._task: asyncio.Task | None = None
         self._parallel = asyncio.Semaphore(PARALLEL_UNITS)
-        self._last_reconcile = None
 
     # ---- one pass ------------------------------------------------------------------------------------------------
 

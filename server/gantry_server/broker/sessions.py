@@ -30,8 +30,7 @@ from ..clock import Clock
 from ..config import BrokerSettings
 from ..errors import Conflict, FailedPrecondition, GantryError, InvalidArgument, NotFound, Unavailable
 from ..domain.validation import Violations
-from ..providers.base import (CreateSpec, ErrorKind, GpuProvider, InstanceState, ProviderError, ProviderInstance,
-                              ProviderOffer, instance_label)
+from ..providers.base import (CreateSpec, ErrorKind, GpuProvider, InstanceState, ProviderError, ProviderOffer, instance_label)
 from ..store.models import ACTIVE_SESSION_STATUSES, TERMINAL_SESSION_STATUSES
 from ..store.repositories import sessions as repo
 from . import metrics
@@ -562,30 +561,26 @@ class SessionManager:
         return row  # stopped/failed: idempotent
 
     async def extend(self, session_id: str, hours: int) -> Row:
+        """One atomic UPDATE adds the hours only if the result stays within created_at + hard max, so two
+        concurrent extensions can neither lose one another nor cross the limit together."""
         if not 1 <= hours <= MAX_RESERVATION_HOURS:
             raise InvalidArgument.field("additional_hours", "is required and must be between 1 and 12"
                                         if hours == 0 else "must be between 1 and 12")
-        row = await self.get(session_id)
+        limit = timedelta(hours=self.b.settings.hard_max_hours)
+        async with self.b.engine.begin() as conn:
+            updated = await repo.extend(conn, session_id, timedelta(hours=hours), limit, self.b.clock.now())
+        if updated is not None:
+            await repo.publish_change(self.b.redis, updated.id, updated.version)
+            return updated
+        row = await self.get(session_id)  # refused: say why, from the row as it is now
         if row.status not in ACTIVE_SESSION_STATUSES:
             raise Conflict(f"cannot extend session {session_id} in status {row.status}", reason="SESSION_NOT_ACTIVE")
-        hard_max = row.created_at + timedelta(hours=self.b.settings.hard_max_hours)
-        new_expiry = row.expires_at + timedelta(hours=hours)
-        if new_expiry > hard_max:
-            left = int((hard_max - row.expires_at).total_seconds() // 3600)
-            raise FailedPrecondition(
-                f"extension would exceed {self.b.settings.hard_max_hours}-hour hard max: expires_at would be "
-                f"{new_expiry.isoformat()}, limit {hard_max.isoformat()}; at most {max(left, 0)} more hour(s)",
-                reason="HARD_MAX_EXCEEDED")
-        now = self.b.clock.now()
-        async with self.b.engine.begin() as conn:
-            updated = await repo.transition(conn, session_id, ACTIVE_SESSION_STATUSES, now, expires_at=new_expiry,
-                                            reservation_hours=row.reservation_hours + hours)
-            if updated is not None and updated.expires_at != new_expiry:  # pragma: no cover
-                raise Conflict("session changed while extending; retry")
-        if updated is None:
-            raise Conflict(f"cannot extend session {session_id}: it is ending", reason="SESSION_NOT_ACTIVE")
-        await repo.publish_change(self.b.redis, updated.id, updated.version)
-        return updated
+        hard_max = row.created_at + limit
+        left = int((hard_max - row.expires_at).total_seconds() // 3600)
+        raise FailedPrecondition(
+            f"extension would exceed {self.b.settings.hard_max_hours}-hour hard max: expires_at would be "
+            f"{(row.expires_at + timedelta(hours=hours)).isoformat()}, limit {hard_max.isoformat()}; at most "
+            f"{max(left, 0)} more hour(s)", reason="HARD_MAX_EXCEEDED")
 
     async def refresh_active_gauge(self) -> None:
         """gpu_sessions_active from the database (exact on every replica; series drop to 0, never drift)."""
@@ -632,8 +627,12 @@ def _validate_create(req) -> None:
         v.require(1 <= req.disk_gb <= 65536, "disk_gb", "must be between 1 and 65536")
     for i, port in enumerate(req.exposed_ports):
         v.require(1 <= port <= 65535, f"exposed_ports[{i}]", "must be a TCP port (1-65535)")
-    v.require(len(req.request_id) <= 255, "request_id", "must be at most 255 characters")
-    v.require(len(req.on_start_cmd) <= 8192, "on_start_cmd", "must be at most 8192 characters")
+    # Bounded by the columns they are stored in; PostgreSQL text cannot hold NUL.
+    for name, most in (("offer_id", 255), ("request_id", 255), ("docker_image", 512), ("model_id", 255),
+                       ("quantization", 32), ("template_hash_id", 64), ("on_start_cmd", 8192)):
+        value = getattr(req, name)
+        v.require(len(value) <= most, name, f"must be at most {most} characters")
+        v.require("\x00" not in value, name, "must not contain NUL characters")
     v.raise_if_any()
 
 
@@ -673,6 +672,3 @@ def _create_error(row: Row, exc: ProviderError) -> GantryError:
                            metadata={"error_type": "invalid_request", "retry_suggested": "false",
                                      "session_id": row.id})
 
-
-def instance_for_label(instances: list[ProviderInstance], label: str) -> ProviderInstance | None:
-    return next((i for i in instances if i.label == label), None)

@@ -6,7 +6,7 @@ lease_until) taken in the same statement that selects them (FOR UPDATE SKIP LOCK
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from redis.asyncio import Redis
@@ -67,6 +67,19 @@ async def transition(conn: AsyncConnection, session_id: str, from_statuses: Iter
     stmt = (update(t)
             .where(t.c.id == session_id, t.c.status.in_(tuple(from_statuses)))
             .values(**values, updated_at=now, version=t.c.version + 1)
+            .returning(t))
+    return (await conn.execute(stmt)).first()
+
+
+async def extend(conn: AsyncConnection, session_id: str, hours: timedelta, hard_max: timedelta,
+                 now: datetime) -> Row | None:
+    """Add `hours` to an active session's reservation if expires_at stays within created_at + hard_max."""
+    new_expiry = t.c.expires_at + hours
+    stmt = (update(t)
+            .where(t.c.id == session_id, t.c.status.in_(ACTIVE_SESSION_STATUSES),
+                   new_expiry <= t.c.created_at + hard_max)
+            .values(expires_at=new_expiry, reservation_hours=t.c.reservation_hours + int(hours.total_seconds() // 3600),
+                    updated_at=now, version=t.c.version + 1)
             .returning(t))
     return (await conn.execute(stmt)).first()
 
