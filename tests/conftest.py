@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from sqlalchemy import text
 
 from gantry_server import embedded
 from gantry_server.app import GantryApp
+from gantry_server.clock import ManualClock
 from gantry_server.config import Settings
 from gantry_server.store import db, migrate
 from gantry_server.store.models import metadata
@@ -98,6 +100,20 @@ async def channel(app):
 
 
 ADMIN_METADATA = (("authorization", "Bearer test-admin-token"),)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """Time that moves only when a test moves it (modules may override the start)."""
+    return ManualClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+def sleep(clock):
+    """Backoff and rate-limit waits that advance `clock` at once and record the delays asked for."""
+    from tests.fakes import ManualSleep
+
+    return ManualSleep(clock)
 
 
 def new_id() -> str:

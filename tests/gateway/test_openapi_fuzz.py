@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import ADMIN_METADATA

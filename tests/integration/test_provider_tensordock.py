@@ -7,16 +7,14 @@ from __future__ import annotations
 import logging
 import subprocess
 from dataclasses import replace
-from datetime import datetime, timezone
 
 import asyncssh
 import httpx
 import pytest
 
-from gantry_server.clock import ManualClock
 from gantry_server.providers.base import CreateSpec, ErrorKind, InstanceState, OfferQuery, ProviderError
 from gantry_server.providers.tensordock import POLICY, TensorDockProvider, runcmd
-from tests.fakes import NO_PUBLIC_IPS, FakeTensorDock, ManualSleep, td_gpu
+from tests.fakes import NO_PUBLIC_IPS, FakeTensorDock, td_gpu
 from tests.fakes.ssh_hosts import SshHostPool
 
 TOKEN = "td-token-0123456789abcdef"
@@ -35,16 +33,6 @@ async def fake():
                                                     per_vcpu_hr=0.003, per_gb_ram_hr=0.002,
                                                     per_gb_storage_hr=0.00005)])
         yield f
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
-
-
-@pytest.fixture
-def sleep(clock) -> ManualSleep:
-    return ManualSleep(clock)
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from gantry_server.clock import ManualClock
 from gantry_server.providers.base import CreateSpec, ErrorKind, InstanceState, OfferQuery, ProviderError
 from gantry_server.providers.vastai import POLICY, VastAiProvider
-from tests.fakes import RATE_LIMIT_BODY, FakeVastAi, ManualSleep
+from tests.fakes import RATE_LIMIT_BODY, FakeVastAi
 from tests.fakes.ssh_hosts import SshHostPool
 
 KEY = "vast-key-0123456789abcdef"
@@ -33,16 +32,6 @@ FAST = replace(POLICY, rate_per_second=1000.0, burst=1000)  # the real backoff a
 async def fake():
     async with FakeVastAi(api_key=KEY) as f:
         yield f
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
-
-
-@pytest.fixture
-def sleep(clock) -> ManualSleep:
-    return ManualSleep(clock)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import sr25519
 from grpc import aio
 
 import gantry_client
-from gantry.miner.v1 import miner_pb2
 from gantry_client import AdminTokenInterceptor, Signer, SigningInterceptor
 from gantry_server.domain.auth import signatures as s
 from gantry_server.domain.auth.signatures import SignedRequest, verify, verify_request

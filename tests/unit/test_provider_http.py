@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from gantry_server.clock import ManualClock
 from gantry_server.providers.base import ErrorKind, ProviderError
 from gantry_server.providers.http import (BreakerState, HttpPolicy, Operation, ProviderHttp, TokenBucket)
 from tests.fakes import FakeHttpServer, ManualSleep, Request, Response
@@ -57,16 +55,6 @@ async def script():
     yield s
     s.hang.set()
     await server.stop()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
-
-
-@pytest.fixture
-def sleep(clock) -> ManualSleep:
-    return ManualSleep(clock)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """SessionService: the consumer's view of GPU sessions (seed 004), over broker.sessions.SessionManager."""
 from __future__ import annotations
 
-import asyncio
 import base64
 from datetime import datetime, timedelta
 
