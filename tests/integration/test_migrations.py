@@ -9,6 +9,8 @@ from sqlalchemy.engine import make_url
 from gantry_server.store import db, migrate
 from gantry_server.store.migrate import alembic_config
 from gantry_server.store.models import metadata
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 
@@ -42,6 +44,12 @@ async def test_upgrade_from_empty_then_down_one_and_up(engine, database_url):
         async with fresh.connect() as conn:
             tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
         assert {t.name for t in metadata.sorted_tables} <= tables, "models and migrations disagree"
+        async with fresh.connect() as conn:
+            diff = await conn.run_sync(lambda c: compare_metadata(
+                MigrationContext.configure(c, opts={"compare_type": True}), metadata))
+        drift = [d for d in diff if not (isinstance(d, tuple) and d[0] == "remove_table"
+                                         and d[1].name == "alembic_version")]
+        assert drift == [], f"models.py and the migrations disagree (columns, types, indexes, keys): {drift}"
 
         head = migrate.head_revision()
         down_to = ScriptDirectory.from_config(alembic_config()).get_revision(head).down_revision

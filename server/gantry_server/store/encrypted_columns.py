@@ -15,8 +15,9 @@ from sqlalchemy.engine import RowMapping
 
 from ..broker.sessions import _key_context as _session_key_context
 from ..domain.attestation import passphrases
+from ..domain.launch import secrets as instance_secrets
 from . import service_keys
-from .models import broker_sessions, service_keys as service_keys_table, vm_luks_passphrases
+from .models import broker_sessions, instances, service_keys as service_keys_table, vm_luks_passphrases
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     EncryptedColumn(vm_luks_passphrases, "ciphertext",
                     lambda r: passphrases.context(r["miner_hotkey"], r["vm_name"], r["volume"])),
     EncryptedColumn(service_keys_table, "key_enc", lambda r: service_keys.context(r["name"])),
+    EncryptedColumn(instances, "symmetric_key_enc", lambda r: instance_secrets.symmetric_key_context(r["instance_id"])),
+    EncryptedColumn(instances, "rint_session_key_enc",
+                    lambda r: instance_secrets.rint_session_key_context(r["instance_id"])),
 )
 
 # LargeBinary columns that hold no secret (none yet); listed so the completeness test can tell them apart.

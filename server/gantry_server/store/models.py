@@ -331,3 +331,182 @@ service_keys = Table(
     Column("key_enc", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+
+# --- Chutes, launch configs and instances (seeds 000/002; migration 0007) ---------------------------------------
+from sqlalchemy.dialects.postgresql import JSONB  # noqa: E402
+
+# Container images chutes run; `{owner username}/{name}:{tag}[-{patch_version}]` is what miners pull.
+images = Table(
+    "images", metadata,
+    Column("image_id", String(36), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.user_id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("name", String(255), nullable=False),
+    Column("tag", String(255), nullable=False),
+    Column("patch_version", String(64), nullable=True),
+    Column("compute_type", String(8), nullable=False, server_default="gpu"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Chutes (containerised GPU apps), registered through AdminService.UpsertChute.
+chutes = Table(
+    "chutes", metadata,
+    Column("chute_id", String(36), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.user_id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("name", String(255), nullable=False),
+    Column("image_id", String(36), ForeignKey("images.image_id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("version", String(64), nullable=False),
+    Column("chutes_version", String(32), nullable=True),
+    Column("node_selector", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("public", Boolean, nullable=False, server_default=text("false")),
+    Column("tee", Boolean, nullable=False, server_default=text("false")),
+    Column("disabled", Boolean, nullable=False, server_default=text("false")),
+    Column("boost", Double, nullable=True),
+    Column("allow_external_egress", Boolean, nullable=False, server_default=text("false")),
+    Column("lock_modules", Boolean, nullable=True),
+    Column("standard_template", String(64), nullable=True),
+    Column("code", Text, nullable=False, server_default=""),
+    Column("filename", String(255), nullable=False, server_default=""),
+    Column("shutdown_after_seconds", Integer, nullable=True),
+    Column("concurrency", Integer, nullable=True),
+    Column("encrypted_fs", Boolean, nullable=False, server_default=text("false")),
+    Column("preemptible", Boolean, nullable=False, server_default=text("false")),
+    Column("max_instances", Integer, nullable=True),
+    Column("jobs", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# One-shot jobs of a chute; unclaimed while miner_hotkey is NULL, raced for through launch configs.
+jobs = Table(
+    "jobs", metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("chute_id", String(36), ForeignKey("chutes.chute_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("user_id", String(36), ForeignKey("users.user_id", ondelete="RESTRICT"), nullable=False),
+    Column("method", String(255), nullable=False),
+    Column("job_args", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("ports", JSONB, nullable=False, server_default=text("'[]'::jsonb")),  # [{name, port, proto}]
+    Column("compute_multiplier", Double, nullable=True),
+    Column("status", String(32), nullable=False, server_default="pending"),
+    Column("miner_uid", Integer, nullable=True),
+    Column("miner_hotkey", String(64), nullable=True),
+    Column("miner_coldkey", String(64), nullable=True),
+    Column("instance_id", String(36), nullable=True),
+    Column("port_mappings", JSONB, nullable=True),
+    Column("miner_history", JSONB, nullable=False, server_default=text("'[]'::jsonb")),  # hotkeys that raced
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("error_detail", Text, nullable=True),
+    Column("miner_terminated", Boolean, nullable=False, server_default=text("false")),
+)
+
+# A launch config: one miner's ticket to start one instance of a chute. `retrieved_at` is the one-time claim of
+# its launch JWT; `verified_at` / `failed_at` end it (reference §3.3, §4.1).
+launch_configs = Table(
+    "launch_configs", metadata,
+    Column("config_id", String(36), primary_key=True),
+    Column("chute_id", String(36), ForeignKey("chutes.chute_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("job_id", String(36), ForeignKey("jobs.job_id", ondelete="SET NULL"), nullable=True),
+    Column("env_key", String(32), nullable=False),
+    Column("env_type", String(8), nullable=False),  # "tee" | "graval"
+    Column("seed", BigInteger, nullable=False, server_default="0"),  # the graval seed, 0 until claimed
+    Column("miner_uid", Integer, nullable=False),
+    Column("miner_hotkey", String(64), nullable=False, index=True),
+    Column("miner_coldkey", String(64), nullable=False),
+    Column("server_id", String(255), nullable=True),
+    Column("nonce", String(32), nullable=True),  # copy of the runtime-integrity nonce (chutes >= 0.4.9)
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retrieved_at", DateTime(timezone=True), nullable=True),
+    Column("verified_at", DateTime(timezone=True), nullable=True),
+    Column("failed_at", DateTime(timezone=True), nullable=True),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("verification_error", Text, nullable=True),
+    # at most one live (not failed, not completed) config per job: the race for a job has one winner
+    Index("uq_launch_configs_live_job", "job_id", unique=True,
+          postgresql_where=text("job_id IS NOT NULL AND failed_at IS NULL AND completed_at IS NULL")),
+)
+
+# Instances: one running copy of a chute on a miner's GPUs (reference §3.2). Secrets only as Keyring envelopes.
+instances = Table(
+    "instances", metadata,
+    Column("instance_id", String(36), primary_key=True),
+    Column("chute_id", String(36), ForeignKey("chutes.chute_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("version", String(64), nullable=False),
+    Column("chutes_version", String(32), nullable=True),
+    Column("config_id", String(36), ForeignKey("launch_configs.config_id", ondelete="SET NULL"), nullable=True,
+           unique=True),
+    Column("deployment_id", String(255), nullable=True),
+    Column("server_id", String(255), nullable=True),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("port_mappings", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("miner_uid", Integer, nullable=False),
+    Column("miner_hotkey", String(64), nullable=False, index=True),
+    Column("miner_coldkey", String(64), nullable=False),
+    Column("region", String(64), nullable=False, server_default="n/a"),
+    Column("active", Boolean, nullable=False, server_default=text("false")),
+    Column("verified", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("activated_at", DateTime(timezone=True), nullable=True),
+    Column("last_verified_at", DateTime(timezone=True), nullable=True),
+    Column("verification_error", Text, nullable=True),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("billed_to", String(36), nullable=True),
+    Column("stop_billing_at", DateTime(timezone=True), nullable=True),
+    Column("hourly_rate", Double, nullable=True),
+    Column("compute_multiplier", Double, nullable=True),
+    Column("warmup_compute_multiplier", Double, nullable=True),
+    Column("bounty", Boolean, nullable=False, server_default=text("false")),
+    Column("symmetric_key_enc", LargeBinary, nullable=False),  # 16 random bytes, Keyring envelope
+    Column("rint_session_key_enc", LargeBinary, nullable=True),  # runtime-integrity session key, Keyring envelope
+    Column("cacert", Text, nullable=True),  # pinned TLS certificate of the instance (PEM)
+    Column("rint_commitment", Text, nullable=True),
+    Column("rint_nonce", String(64), nullable=True),
+    Column("rint_pubkey", Text, nullable=True),
+    Column("extra", JSONB, nullable=False, server_default=text("'{}'::jsonb")),  # e2e_pubkey, ... (no secrets)
+    UniqueConstraint("host", "port", name="uq_instances_host_port"),
+)
+
+# GPUs (nodes) of an instance; a GPU serves at most one instance.
+instance_nodes = Table(
+    "instance_nodes", metadata,
+    Column("instance_id", String(36), ForeignKey("instances.instance_id", ondelete="CASCADE"), primary_key=True),
+    Column("node_id", String(255), ForeignKey("nodes.uuid", ondelete="CASCADE"), primary_key=True, unique=True),
+)
+
+# Append-only record of every instance, kept after deletion (auditors reconcile against it; stats read it).
+# Written by the instance repository in the same transaction as the instance change it mirrors.
+instance_audit = Table(
+    "instance_audit", metadata,
+    Column("instance_id", String(36), primary_key=True),
+    Column("chute_id", String(36), nullable=False, index=True),
+    Column("version", String(64), nullable=False),
+    Column("miner_uid", Integer, nullable=False),
+    Column("miner_hotkey", String(64), nullable=False, index=True),
+    Column("region", String(64), nullable=False, server_default="n/a"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("verified_at", DateTime(timezone=True), nullable=True),
+    Column("activated_at", DateTime(timezone=True), nullable=True),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+    Column("deletion_reason", Text, nullable=True),
+    Column("valid_termination", Boolean, nullable=True),
+    Column("billed_to", String(36), nullable=True),
+    Column("stop_billing_at", DateTime(timezone=True), nullable=True),
+    Column("compute_multiplier", Double, nullable=True),
+    Column("hourly_rate", Double, nullable=True),
+    Column("bounty", Boolean, nullable=False, server_default=text("false")),
+)
+
+# The multiplier an instance earned over time: at most one open row (ended_at NULL) per instance.
+instance_compute_history = Table(
+    "instance_compute_history", metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("instance_id", String(36), nullable=False),
+    Column("compute_multiplier", Double, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Index("ix_instance_compute_history_instance_started", "instance_id", "started_at"),
+    Index("uq_instance_compute_history_open", "instance_id", unique=True, postgresql_where=text("ended_at IS NULL")),
+)
