@@ -166,3 +166,93 @@ def test_gantry_admin_is_a_subcommand_of_gantry(capsys):
     assert "usage: gantry admin" in capsys.readouterr().out
     assert cli.main(["admin", "blacklist"]) == 2
     assert capsys.readouterr().err.startswith("gantry admin: ")
+
+
+# -- images, chutes and jobs ---------------------------------------------------------------------------------------
+async def _db_rows(engine, sql: str) -> list[dict]:
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(text(sql))).mappings()]
+
+
+async def test_an_operator_registers_an_image_and_a_chute_posts_jobs_retires_and_deletes_it(admin, clean_db,
+                                                                                            tmp_path):
+    _, user, _ = await admin("user", "create", "--username", "ops-chutes")
+    user_id = user["user_id"]
+    code, image, err = await admin("image", "put", "img-cli", "--user-id", user_id, "--name", "vllm",
+                                   "--tag", "0.8.4", "--patch-version", "p1")
+    assert (code, image, err) == (0, {"image_id": "img-cli", "created": True}, "")
+
+    chute_file = tmp_path / "chute.json"
+    chute_file.write_text(json.dumps({
+        "chute_id": "overridden", "user_id": user_id, "name": "llama", "image_id": "img-cli", "version": "v1",
+        "chutesVersion": "0.4.9", "node_selector": {"gpu_count": 2, "include": ["h100"]},
+        "jobs": [{"name": "train"}], "shutdown_after_seconds": 600}))
+    code, chute, _ = await admin("chute", "put", "chute-cli", "--file", str(chute_file))
+    assert (code, chute) == (0, {"chute_id": "chute-cli", "created": True, "disabled": False})
+    [row] = await _db_rows(clean_db, "SELECT * FROM chutes")
+    assert (row["chute_id"], row["chutes_version"], row["node_selector"], row["shutdown_after_seconds"]) == (
+        "chute-cli", "0.4.9", {"gpu_count": 2, "include": ["h100"]}, 600)
+
+    code, job, _ = await admin("job", "create", "--chute-id", "chute-cli", "--user-id", user_id, "--method", "train",
+                               "--args", '{"steps": 3}', "--port", "rpc:9000", "--port", "media:5004/udp")
+    assert code == 0 and (job["chute_id"], job["method"]) == ("chute-cli", "train")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({"job_id": "job-file", "chute_id": "chute-cli", "user_id": user_id,
+                                    "method": "eval", "compute_multiplier": 1.5}))
+    code, second, _ = await admin("job", "create", "--file", str(job_file))
+    assert (code, second) == (0, {"job_id": "job-file", "chute_id": "chute-cli", "method": "eval"})
+    by_id = {r["job_id"]: r for r in await _db_rows(clean_db, "SELECT * FROM jobs")}
+    assert by_id[job["job_id"]]["job_args"] == {"steps": 3}
+    assert by_id[job["job_id"]]["ports"] == [{"name": "rpc", "port": 9000, "proto": "tcp"},
+                                             {"name": "media", "port": 5004, "proto": "udp"}]
+    assert by_id["job-file"]["compute_multiplier"] == 1.5
+
+    code, retired, _ = await admin("chute", "put", "chute-cli", "--file", str(chute_file), "--disabled")
+    assert (code, retired) == (0, {"chute_id": "chute-cli", "created": False, "disabled": True})
+    assert (await _db_rows(clean_db, "SELECT disabled FROM chutes"))[0]["disabled"] is True
+
+    code, deleted, _ = await admin("chute", "delete", "chute-cli")
+    assert (code, deleted) == (0, {"chute_id": "chute-cli", "deleted": True})
+    assert await _db_rows(clean_db, "SELECT chute_id FROM chutes UNION ALL SELECT job_id FROM jobs") == []
+
+
+@pytest.mark.parametrize(("content", "extra", "says"), [
+    ('{"chute_id": "c", "gpu_count": 2}', (), "unknown field(s) gpu_count"),
+    ("{not json", (), "is not JSON"),
+    ('[{"chute_id": "c"}]', (), "one JSON object"),
+    ('{"public": "yes"}', (), "public"),
+    (None, (), "cannot read"),
+])
+async def test_a_bad_chute_file_is_a_usage_error_naming_the_problem(admin, tmp_path, content, extra, says):
+    path = tmp_path / "chute.json"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = await admin("chute", "put", "--file", str(path), *extra)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and says in err
+
+
+@pytest.mark.parametrize("argv", [
+    ("job", "create", "--port", "9000"), ("job", "create", "--port", "rpc:x/tcp"), ("job", "create", "--args", "[1]"),
+    ("chute", "put", "c"), ("chute", "put", "c", "--file", "f", "--disabled", "--enabled"),
+    ("image", "put", "img", "--user-id", "u", "--name", "n", "--tag", "t", "--compute-type", "tpu"),
+])
+async def test_bad_chute_image_and_job_command_lines_exit_2(admin, argv):
+    code, out, err = await admin(*argv)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and err.startswith("gantry admin: ")
+
+
+async def test_server_refusals_of_chute_commands_name_the_field(admin, tmp_path):
+    _, user, _ = await admin("user", "create", "--username", "ops-refused")
+    await admin("image", "put", "img-r", "--user-id", user["user_id"], "--name", "vllm", "--tag", "1")
+    path = tmp_path / "chute.json"
+    path.write_text(json.dumps({"user_id": user["user_id"], "name": "c", "image_id": "img-r", "version": "v1",
+                                "node_selector": {"gpu_count": 0}}))
+    code, _, err = await admin("chute", "put", "chute-r", "--file", str(path))
+    assert code == 1 and err.startswith("gantry admin: INVALID_ARGUMENT: node_selector.gpu_count: ")
+    code, _, err = await admin("chute", "delete", "chute-r")
+    assert (code, err) == (1, "gantry admin: NOT_FOUND: no chute chute-r\n")
+    code, _, err = await admin("job", "create", "--chute-id", "chute-r", "--user-id", user["user_id"],
+                               "--method", "train", "--port", "api:8000")
+    assert code == 1 and "ports[0].port: 8000 is reserved" in err

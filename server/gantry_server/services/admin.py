@@ -1,5 +1,5 @@
 """AdminService: what operators create (metagraph nodes, blacklist, users, API keys and user tokens, measurement
-policies) and key rotation; chutes, images and jobs land with their issue.
+policies, images, chutes and jobs) and key rotation.
 
 Every call needs `authorization: Bearer <admin token>` (GANTRY_ADMIN_TOKEN; the embedded default keeps a
 generated one in GANTRY_DATA_DIR/admin_token), checked by the auth interceptor (policy `admin` in
@@ -7,10 +7,12 @@ auth_policy.py). Without a configured token the admin API is off.
 """
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from datetime import timedelta
 
+from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import IntegrityError
 
@@ -20,9 +22,10 @@ from ..domain.attestation.measurements import MeasurementEntry, merge, problems
 from ..domain.validation import Violations, is_ss58
 from ..domain import key_rotation
 from ..domain.auth import api_keys, user_tokens
-from ..errors import Conflict, FieldViolation, InvalidArgument, NotFound
+from ..errors import Conflict, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from ..runtime import Runtime
 from ..store.db import unit_of_work
+from ..store.repositories.chutes import ChuteRepository, MissingReference
 from ..store.repositories.metagraph import MetagraphRepository
 from ..store.repositories.tdx import MeasurementRepository
 from ..store.repositories.user_tokens import UserTokenRepository
@@ -46,6 +49,205 @@ def _timestamp(when) -> Timestamp:
     out = Timestamp()
     out.FromDatetime(when)
     return out
+
+
+# -- images, chutes and jobs: request checks ----------------------------------------------------------------------
+# Ids travel in REST paths (/admin/v1/chutes/{chute_id}), Redis keys and event payloads, hence a plain alphabet;
+# 36 characters is the column size (a uuid fits).
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,35}")  # fullmatch: "$" would let a trailing \n in
+_ID_RULE = "1-36 of [A-Za-z0-9._-], starting alphanumeric"
+_DOTTED_VERSION = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6}){1,3}")
+COMPUTE_TYPES = ("gpu", "cpu")
+MAX_GPU_COUNT = 8
+MAX_BOOST = 1000.0
+NODE_SELECTOR_KEYS = ("gpu_count", "min_vram_gb_per_gpu", "include", "exclude", "compute_type")
+JOB_PORT_PROTOS = ("tcp", "udp")
+RESERVED_JOB_PORTS = {8000: "the API port", 8001: "the log port"}  # every instance maps these itself
+_MAX_EXACT_INT = 2 ** 53  # Struct numbers are doubles; integral ones up to this are stored as JSON integers
+_MISSING = {"user_id": ("user", "USER_NOT_FOUND"), "image_id": ("image", "IMAGE_NOT_FOUND"),
+            "chute_id": ("chute", "CHUTE_NOT_FOUND")}
+
+
+def _id(v: Violations, field: str, value: str) -> None:
+    v.require(bool(_ID.fullmatch(value)), field, f"required: {_ID_RULE}")
+
+
+def _user_id(v: Violations, value: str) -> None:
+    v.require(bool(_UUID.fullmatch(value)), "user_id", "must be a user id (uuid)")
+
+
+def _text(v: Violations, field: str, value: str, max_len: int, *, whitespace: bool = True,
+          optional: bool = False) -> None:
+    """Printable text that fits its column; `whitespace=False` for the parts of an image reference."""
+    if not value.strip():
+        v.require(False, field, "must not be blank when given" if optional else "is required")
+        return
+    v.require(len(value) <= max_len, field, f"must be at most {max_len} characters")
+    v.require(value.isprintable(), field, "must be printable (no control characters)")
+    if not whitespace:
+        v.require(not any(c.isspace() for c in value), field, "must not contain whitespace")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json(value: struct_pb2.Value, field: str, v: Violations):
+    """A Struct value as plain JSON that PostgreSQL accepts (no NaN/Infinity, no NUL), naming the offending path."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _json_object(value.struct_value, field, v)
+    if kind == "list_value":
+        return _json_list(value.list_value, field, v)
+    if kind == "number_value":
+        number = value.number_value
+        if not v.require(math.isfinite(number), field, "must be a finite number"):
+            return None
+        return int(number) if number.is_integer() and abs(number) <= _MAX_EXACT_INT else number
+    if kind == "string_value":
+        v.require("\x00" not in value.string_value, field, "must not contain NUL characters")
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def _json_object(struct: struct_pb2.Struct, field: str, v: Violations) -> dict:
+    out = {}
+    for key in sorted(struct.fields):
+        v.require("\x00" not in key, field, "keys must not contain NUL characters")
+        out[key] = _json(struct.fields[key], f"{field}.{key}", v)
+    return out
+
+
+def _json_list(values: struct_pb2.ListValue, field: str, v: Violations) -> list:
+    return [_json(item, f"{field}[{i}]", v) for i, item in enumerate(values.values)]
+
+
+def _node_selector(selector: struct_pb2.Struct, v: Violations) -> dict:
+    """The GPU requirements launch configs match servers against; unknown keys are refused (a typo would
+    otherwise be a requirement nobody checks). Null values count as absent and are not stored."""
+    raw = {k: x for k, x in _json_object(selector, "node_selector", v).items() if x is not None}
+    for key in sorted(set(raw) - set(NODE_SELECTOR_KEYS)):
+        v.require(False, f"node_selector.{key}", f"unknown key (known: {', '.join(NODE_SELECTOR_KEYS)})")
+    gpu_count = raw.get("gpu_count")
+    v.require(_is_int(gpu_count) and 1 <= gpu_count <= MAX_GPU_COUNT, "node_selector.gpu_count",
+              f"required: an integer 1..{MAX_GPU_COUNT}")
+    vram = raw.get("min_vram_gb_per_gpu")
+    v.require(vram is None or (_is_int(vram) and vram >= 0), "node_selector.min_vram_gb_per_gpu",
+              "must be an integer >= 0")
+    for key in ("include", "exclude"):
+        names = raw.get(key)
+        if names is None or not v.require(isinstance(names, list), f"node_selector.{key}",
+                                          "must be a list of GPU names"):
+            continue
+        for i, name in enumerate(names):
+            v.require(isinstance(name, str) and bool(name.strip()) and len(name) <= 64 and name.isprintable(),
+                      f"node_selector.{key}[{i}]", "must be a GPU name (1-64 printable characters)")
+    v.require(raw.get("compute_type") in (None, *COMPUTE_TYPES), "node_selector.compute_type",
+              'must be "gpu" or "cpu"')
+    return raw
+
+
+def _image_row(request: admin_pb2.UpsertImageRequest) -> dict:
+    """The images row of a request, or INVALID_ARGUMENT naming every offending field. Name, tag and patch
+    version make up the reference miners pull, so they carry no whitespace; compute_type defaults to "gpu"."""
+    v = Violations()
+    _id(v, "image_id", request.image_id)
+    _user_id(v, request.user_id)
+    _text(v, "name", request.name, 255, whitespace=False)
+    _text(v, "tag", request.tag, 255, whitespace=False)
+    patch_version = request.patch_version if request.HasField("patch_version") else None
+    if patch_version is not None:
+        _text(v, "patch_version", patch_version, 64, whitespace=False, optional=True)
+    compute_type = request.compute_type or "gpu"
+    v.require(compute_type in COMPUTE_TYPES, "compute_type", 'must be "gpu" or "cpu"')
+    v.raise_if_any()
+    return dict(image_id=request.image_id, user_id=request.user_id, name=request.name, tag=request.tag,
+                patch_version=patch_version, compute_type=compute_type)
+
+
+def _chute_row(request: admin_pb2.UpsertChuteRequest) -> dict:
+    """The whole chutes row of a request (an absent optional is NULL, also on replace), or INVALID_ARGUMENT
+    naming every offending field. lock_modules stays NULL when absent: readers apply "true when
+    standard_template is set"."""
+    v = Violations()
+    _id(v, "chute_id", request.chute_id)
+    _user_id(v, request.user_id)
+    _text(v, "name", request.name, 255)
+    _id(v, "image_id", request.image_id)
+    _text(v, "version", request.version, 64)
+
+    def given(field: str):
+        return getattr(request, field) if request.HasField(field) else None
+
+    chutes_version = given("chutes_version")
+    v.require(chutes_version is None or bool(_DOTTED_VERSION.fullmatch(chutes_version)), "chutes_version",
+              'must be a dotted numeric version such as "0.4.9"')
+    node_selector = _node_selector(request.node_selector, v)
+    boost = given("boost")
+    v.require(boost is None or 0 < boost <= MAX_BOOST, "boost", f"must be > 0 and <= {MAX_BOOST:g}")
+    standard_template = given("standard_template")
+    if standard_template is not None:
+        _text(v, "standard_template", standard_template, 64, optional=True)
+    v.require("\x00" not in request.code, "code", "must not contain NUL characters")
+    if request.filename:
+        _text(v, "filename", request.filename, 255, optional=True)
+        v.require(not any(sep in request.filename for sep in "/\\"), "filename", "must be a file name, not a path")
+    for field in ("shutdown_after_seconds", "concurrency", "max_instances"):
+        v.require(given(field) is None or given(field) > 0, field, "must be > 0 when given")
+    jobs = _json_list(request.jobs, "jobs", v)
+    v.raise_if_any()
+    return dict(chute_id=request.chute_id, user_id=request.user_id, name=request.name, image_id=request.image_id,
+                version=request.version, chutes_version=chutes_version, node_selector=node_selector,
+                public=request.public, tee=request.tee, disabled=request.disabled, boost=boost,
+                allow_external_egress=request.allow_external_egress, lock_modules=given("lock_modules"),
+                standard_template=standard_template, code=request.code, filename=request.filename,
+                shutdown_after_seconds=given("shutdown_after_seconds"), concurrency=given("concurrency"),
+                encrypted_fs=request.encrypted_fs, preemptible=request.preemptible,
+                max_instances=given("max_instances"), jobs=jobs)
+
+
+def _job_ports(ports, v: Violations) -> list[dict]:
+    """The ports a job declares; a claim must map exactly these (besides 8000 and 8001, which every instance has)."""
+    first: dict[tuple[str, int], int] = {}
+    for i, port in enumerate(ports):
+        _text(v, f"ports[{i}].name", port.name, 64)
+        if v.require(1 <= port.port <= 65535, f"ports[{i}].port", "must be 1..65535"):
+            v.require(port.port not in RESERVED_JOB_PORTS, f"ports[{i}].port",
+                      f"{port.port} is reserved ({RESERVED_JOB_PORTS.get(port.port)} of every instance)")
+        v.require(port.proto in JOB_PORT_PROTOS, f"ports[{i}].proto", 'must be "tcp" or "udp"')
+        earlier = first.setdefault((port.proto, port.port), i)
+        v.require(earlier == i, f"ports[{i}].port", f"{port.proto} {port.port} is already declared by ports[{earlier}]")
+    return [{"name": p.name, "port": p.port, "proto": p.proto} for p in ports]
+
+
+def _job_row(request: admin_pb2.CreateJobRequest) -> dict:
+    v = Violations()
+    if request.HasField("job_id"):
+        _id(v, "job_id", request.job_id)
+    _id(v, "chute_id", request.chute_id)
+    _user_id(v, request.user_id)
+    _text(v, "method", request.method, 255, whitespace=False)
+    job_args = _json_object(request.job_args, "job_args", v)
+    ports = _job_ports(request.ports, v)
+    multiplier = request.compute_multiplier if request.HasField("compute_multiplier") else None
+    v.require(multiplier is None or (math.isfinite(multiplier) and multiplier > 0), "compute_multiplier",
+              "must be a finite number > 0 when given")
+    v.raise_if_any()
+    return dict(job_id=request.job_id if request.HasField("job_id") else str(uuid.uuid4()),
+                chute_id=request.chute_id, user_id=request.user_id, method=request.method, job_args=job_args,
+                ports=ports, compute_multiplier=multiplier)
+
+
+def _missing(field: str, value: str) -> NotFound:
+    noun, reason = _MISSING[field]
+    return NotFound(f"{field}: no {noun} {value}", reason=reason, metadata={"field": field})
+
+
+async def _require_user(conn, user_id: str) -> None:
+    if await UserRepository(conn).get(user_id) is None:
+        raise _missing("user_id", user_id)
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -88,7 +290,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def CreateUser(self, request, context):
         v = Violations()
-        v.require(bool(_USERNAME.match(request.username)), "username", "1-64 of [A-Za-z0-9_.-], starting alphanumeric")
+        v.require(bool(_USERNAME.fullmatch(request.username)), "username", "1-64 of [A-Za-z0-9_.-], starting alphanumeric")
         v.require(not request.HasField("hotkey") or is_ss58(request.hotkey), "hotkey", "must be an SS58 address")
         v.require(not request.HasField("coldkey") or is_ss58(request.coldkey), "coldkey", "must be an SS58 address")
         v.raise_if_any()
@@ -104,7 +306,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.CreateUserResponse(user_id=user_id)
 
     async def CreateApiKey(self, request, context):
-        if not _UUID.match(request.user_id):
+        if not _UUID.fullmatch(request.user_id):
             raise InvalidArgument.field("user_id", "must be a user id (uuid)")
         secret = api_keys.new_api_key()
         now = self.rt.clock.now()
@@ -118,7 +320,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.CreateApiKeyResponse(api_key_id=key_id, secret_key=secret, created_at=_timestamp(now))
 
     async def RevokeApiKey(self, request, context):
-        if not _UUID.match(request.api_key_id):
+        if not _UUID.fullmatch(request.api_key_id):
             raise InvalidArgument.field("api_key_id", "must be an API key id (uuid)")
         async with unit_of_work(self.rt.engine) as conn:
             if not await UserRepository(conn).revoke_api_key(request.api_key_id, self.rt.clock.now()):
@@ -129,7 +331,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateUserToken(self, request, context):
         """A short-lived bearer for user-facing endpoints; its row (never the token) makes it revocable."""
         v = Violations()
-        v.require(bool(_UUID.match(request.user_id)), "user_id", "must be a user id (uuid)")
+        v.require(bool(_UUID.fullmatch(request.user_id)), "user_id", "must be a user id (uuid)")
         ttl = request.ttl_seconds or user_tokens.DEFAULT_TTL_SECONDS
         v.require(user_tokens.MIN_TTL_SECONDS <= ttl <= user_tokens.MAX_TTL_SECONDS, "ttl_seconds",
                   f"must be {user_tokens.MIN_TTL_SECONDS}..{user_tokens.MAX_TTL_SECONDS} seconds")
@@ -153,12 +355,76 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                                                  expires_at=_timestamp(expires))
 
     async def RevokeUserToken(self, request, context):
-        if not _UUID.match(request.token_id):
+        if not _UUID.fullmatch(request.token_id):
             raise InvalidArgument.field("token_id", "must be a user token id (uuid, the token's jti)")
         async with unit_of_work(self.rt.engine) as conn:
             if not await UserTokenRepository(conn).revoke(request.token_id, self.rt.clock.now()):
                 raise NotFound(f"no live user token {request.token_id}", reason="USER_TOKEN_NOT_FOUND")
         return admin_pb2.RevokeUserTokenResponse()
+
+    # -- images, chutes and jobs (reference §3.1) ---------------------------------------------------------------
+    async def UpsertImage(self, request, context):
+        row = _image_row(request)
+        try:
+            async with unit_of_work(self.rt.engine) as conn:
+                await _require_user(conn, row["user_id"])
+                created = await ChuteRepository(conn).upsert_image(row, now=self.rt.clock.now())
+        except MissingReference as exc:  # the owner went away between the check and the write
+            raise _missing(exc.field, row[exc.field]) from None
+        return admin_pb2.UpsertImageResponse(image_id=row["image_id"], created=created)
+
+    async def UpsertChute(self, request, context):
+        """Create or replace the whole chute; also how an operator disables one (disabled=true) before deleting it."""
+        row = _chute_row(request)
+        try:
+            async with unit_of_work(self.rt.engine) as conn:
+                repo = ChuteRepository(conn)
+                await _require_user(conn, row["user_id"])
+                if await repo.get_image(row["image_id"]) is None:
+                    raise _missing("image_id", row["image_id"])
+                created = await repo.upsert_chute(row, now=self.rt.clock.now())
+        except MissingReference as exc:
+            raise _missing(exc.field, row[exc.field]) from None
+        return admin_pb2.UpsertChuteResponse(chute_id=row["chute_id"], created=created)
+
+    async def DeleteChute(self, request, context):
+        """Refused while instances exist: deleting would cascade them away under running miners, untracked.
+        The chute row stays locked from the count to the delete, so no instance can slip in between."""
+        chute_id = request.chute_id
+        if not chute_id or len(chute_id) > 36:
+            raise InvalidArgument.field("chute_id", "required: a chute id (at most 36 characters)")
+        async with unit_of_work(self.rt.engine) as conn:
+            repo = ChuteRepository(conn)
+            if await repo.lock_chute(chute_id) is None:
+                raise NotFound(f"no chute {chute_id}", reason="CHUTE_NOT_FOUND")
+            count = await repo.count_instances(chute_id)
+            if count:
+                raise FailedPrecondition(
+                    f"chute {chute_id} still has {count} instance{'s' if count != 1 else ''}: disable it first "
+                    f"(UpsertChute with disabled=true) and delete it once its instances are gone",
+                    reason="CHUTE_HAS_INSTANCES", metadata={"instances": str(count)}, http_status=409)
+            await repo.delete_chute(chute_id)  # its launch configs and jobs cascade
+        return admin_pb2.DeleteChuteResponse()
+
+    async def CreateJob(self, request, context):
+        """An unclaimed job (status "pending"); the job_created event for miners is not published yet."""
+        row = _job_row(request)
+        try:
+            async with unit_of_work(self.rt.engine) as conn:
+                repo = ChuteRepository(conn)
+                chute = await repo.get_chute(row["chute_id"])
+                if chute is None:
+                    raise _missing("chute_id", row["chute_id"])
+                if chute["disabled"]:
+                    raise FailedPrecondition(f"chute_id: chute {row['chute_id']} is disabled; no miner can run "
+                                             f"its jobs", reason="CHUTE_DISABLED", metadata={"field": "chute_id"})
+                await _require_user(conn, row["user_id"])
+                if not await repo.create_job(row, now=self.rt.clock.now()):
+                    raise Conflict(f"job_id: a job {row['job_id']} already exists", reason="JOB_EXISTS",
+                                   metadata={"field": "job_id"})
+        except MissingReference as exc:
+            raise _missing(exc.field, row[exc.field]) from None
+        return admin_pb2.CreateJobResponse(job_id=row["job_id"])
 
     # -- secrets at rest -----------------------------------------------------------------------------------
     async def RotateKeys(self, request, context):
