@@ -109,6 +109,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     attestation: AttestationSettings = field(default_factory=lambda: AttestationSettings())
+    launch: "LaunchSettings" = field(default_factory=lambda: LaunchSettings())
 
     @property
     def embedded(self) -> bool:
@@ -168,6 +169,7 @@ class Settings:
         embedded = "database_url" not in kw or "redis_url" not in kw
         kw["broker"] = _broker_from_env(get, embedded=embedded)
         kw["attestation"] = _attestation_from_env(get)
+        kw["launch"] = _launch_from_env(get)
         return cls(**kw)
 
 
@@ -257,6 +259,8 @@ class AttestationSettings:
     client_cert_binding: bool = False  # require report_data[32:64] = sha256(mTLS client cert key) (x-client-cert)
     luks_passphrase: str | None = field(default=None, repr=False)  # root-disk key returned by boot attestation
     gpu_evidence_verifier: tuple[str, ...] = ()  # argv of the GPU evidence verifier; empty refuses registration
+    # TEE launch claims pull the chute deployment's evidence from the server's attestation proxy.
+    instance_evidence_url: str = "https://{host}:30443/service/chute-service-{deployment_id}/verify"
 
 
 def _attestation_from_env(get) -> AttestationSettings:
@@ -296,4 +300,31 @@ def _attestation_from_env(get) -> AttestationSettings:
         kw["luks_passphrase"] = v
     if v := get("GANTRY_GPU_EVIDENCE_VERIFIER"):
         kw["gpu_evidence_verifier"] = tuple(shlex.split(v))
+    if v := get("GANTRY_TDX_INSTANCE_EVIDENCE_URL"):
+        if "{host}" not in v or "{deployment_id}" not in v or not v.startswith(("https://", "http://")):
+            raise ConfigError("GANTRY_TDX_INSTANCE_EVIDENCE_URL must be an http(s) URL template with {host} and "
+                              f"{{deployment_id}}, got {v!r}")
+        kw["instance_evidence_url"] = v
     return AttestationSettings(**kw)
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """Launch configs and instances (seeds 000/002). Reference: docs/instances.md."""
+
+    base_url: str | None = None  # public URL of this API in launch JWTs (url, activation_url); default: http_addr
+    ip_check_salt: str | None = field(default=None, repr=False)  # token_check salt; default derived from the KEK
+    graval_matrix_n: int | None = None  # fixed Graval matrix size instead of one sized to each GPU's memory
+
+
+def _launch_from_env(get) -> LaunchSettings:
+    kw: dict = {}
+    if v := get("GANTRY_LAUNCH_CONFIG_BASE_URL"):
+        if not v.startswith(("https://", "http://")):
+            raise ConfigError(f"GANTRY_LAUNCH_CONFIG_BASE_URL must be an http(s) URL, got {v!r}")
+        kw["base_url"] = v.rstrip("/")
+    if v := get("GANTRY_IP_CHECK_SALT"):
+        kw["ip_check_salt"] = v
+    if v := get("GANTRY_GRAVAL_MATRIX_N"):
+        kw["graval_matrix_n"] = _positive("GANTRY_GRAVAL_MATRIX_N", v, int)
+    return LaunchSettings(**kw)

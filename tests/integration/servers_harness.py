@@ -99,11 +99,19 @@ class AttestationEndpoint:
     kit: QuoteKit
     mode: str = "good"  # good | stale_nonce | boot_measurements | http_500 | unbound_gpu_evidence
     recorded_nonce: str = "00" * 32
+    # TEE chute deployments (`/service/chute-service-{id}/verify`): the report data each one's quote binds, which
+    # the chute computed from the nonce of its claim (the validator sends none on this path).
+    deployments: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, path: str, query: dict) -> tuple[int, dict, bytes]:
         if self.mode == "http_500":
             return 500, {}, b"boom"
         nonce = query.get("nonce", "")
+        if path.startswith("/service/chute-service-"):
+            deployment = path.removeprefix("/service/chute-service-").removesuffix("/verify")
+            if deployment not in self.deployments:
+                return 404, {}, b"no such deployment"
+            nonce = self.deployments[deployment]
         bound = self.recorded_nonce if self.mode == "stale_nonce" else nonce
         rtmrs = BOOT_RTMRS if self.mode == "boot_measurements" else RUNTIME_RTMRS
         quote = self.kit.quote(report_data=report_data_for(bound), mrtd=MRTD, rtmrs=rtmrs)
@@ -147,7 +155,8 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 
 
 @asynccontextmanager
-async def servers_world(database_url: str, redis_url: str, tmp: Path, **attestation) -> AsyncIterator[ServersWorld]:
+async def servers_world(database_url: str, redis_url: str, tmp: Path, *, launch=None,
+                        **attestation) -> AsyncIterator[ServersWorld]:
     kit = QuoteKit.create(ISSUED)
     (tmp / "collateral").mkdir()
     (tmp / "collateral" / "test_collateral.json").write_text(kit.collateral_json())
@@ -157,9 +166,11 @@ async def servers_world(database_url: str, redis_url: str, tmp: Path, **attestat
         cfg = AttestationSettings(
             collateral_dir=tmp / "collateral", root_ca_file=tmp / "root.pem", luks_passphrase=LUKS_ROOT_KEY,
             attestation_url=f"http://{{host}}:{fake.port}/server/attest?nonce={{nonce}}&server_id={{server_id}}",
+            instance_evidence_url=f"http://{{host}}:{fake.port}/service/chute-service-{{deployment_id}}/verify",
             gpu_evidence_verifier=GPU_VERIFIER, **({"attestation_allow_private_hosts": True} | attestation))
         clock = ManualClock(NOW)
-        app = GantryApp(make_settings(database_url, redis_url, tmp / "data", attestation=cfg), clock=clock)
+        extra = {"launch": launch} if launch is not None else {}
+        app = GantryApp(make_settings(database_url, redis_url, tmp / "data", attestation=cfg, **extra), clock=clock)
         await app.start()
         try:
             async with grpc.aio.insecure_channel(app.grpc_addr) as channel, \

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -21,7 +22,9 @@ from gantry_server.domain import key_rotation
 from gantry_server.domain.attestation import passphrases
 from gantry_server.domain.secrets_at_rest import Keyring, SecretsError
 from gantry_server.store.encrypted_columns import ENCRYPTED_COLUMNS, PLAIN_BINARY_COLUMNS
-from gantry_server.store.models import broker_sessions, metadata, vm_cache_configs, vm_luks_passphrases
+from gantry_server.domain.launch.secrets import rint_session_key_context, symmetric_key_context
+from gantry_server.store.models import (broker_sessions, chutes, images, instances, metadata, users, vm_cache_configs,
+                                        vm_luks_passphrases)
 
 from ..conftest import ADMIN_METADATA, make_settings
 
@@ -31,6 +34,8 @@ T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 SESSIONS = "broker_sessions.ssh_private_key_enc"
 LUKS = "vm_luks_passphrases.ciphertext"
 SERVICE_KEYS = "service_keys.key_enc"  # empty here: clean_db removed the server's launch key
+SYMMETRIC = "instances.symmetric_key_enc"
+SESSION_KEY = "instances.rint_session_key_enc"
 
 
 def secret(i: int) -> bytes:
@@ -38,10 +43,25 @@ def secret(i: int) -> bytes:
 
 
 async def seed(engine, ring: Keyring, *, sessions: int, volumes: tuple[str, ...] = passphrases.SUPPORTED_VOLUMES,
-               vms: int = 1) -> dict[tuple, bytes]:
+               vms: int = 1, instance_count: int = 0) -> dict[tuple, bytes]:
     """Rows encrypted under `ring` the way their writers encrypt them; returns {(column, pk...): plaintext}."""
     plain: dict[tuple, bytes] = {}
     async with engine.begin() as conn:
+        if instance_count:
+            owner = str(uuid.uuid4())
+            await conn.execute(users.insert().values(user_id=owner, username=f"u{owner[:8]}"))
+            await conn.execute(images.insert().values(image_id=owner, user_id=owner, name="i", tag="1", created_at=T0,
+                                                      updated_at=T0))
+            await conn.execute(chutes.insert().values(chute_id=owner, user_id=owner, name="c", image_id=owner,
+                                                      version="1", created_at=T0, updated_at=T0))
+        for i in range(instance_count):
+            iid, key, session = str(uuid.uuid4()), secrets.token_bytes(16), secrets.token_bytes(32)
+            await conn.execute(instances.insert().values(
+                instance_id=iid, chute_id=owner, version="1", host="203.0.113.9", port=30000 + i, miner_uid=1,
+                miner_hotkey="5Hotkey", miner_coldkey="5Coldkey", created_at=T0,
+                symmetric_key_enc=ring.encrypt(key, context=symmetric_key_context(iid)),
+                rint_session_key_enc=ring.encrypt(session, context=rint_session_key_context(iid))))
+            plain[(SYMMETRIC, iid)], plain[(SESSION_KEY, iid)] = key, session
         for i in range(sessions):
             sid, text_ = str(uuid.uuid4()), secret(i)
             await conn.execute(broker_sessions.insert().values(
@@ -72,6 +92,11 @@ async def read_all(engine, ring: Keyring) -> dict[tuple, bytes]:
         for r in await conn.execute(select(vm_luks_passphrases)):
             out[(LUKS, r.miner_hotkey, r.vm_name, r.volume)] = ring.decrypt(
                 r.ciphertext, context=passphrases.context(r.miner_hotkey, r.vm_name, r.volume))
+        for r in await conn.execute(select(instances)):
+            out[(SYMMETRIC, r.instance_id)] = ring.decrypt(r.symmetric_key_enc,
+                                                           context=symmetric_key_context(r.instance_id))
+            out[(SESSION_KEY, r.instance_id)] = ring.decrypt(r.rint_session_key_enc,
+                                                             context=rint_session_key_context(r.instance_id))
     return out
 
 
@@ -88,22 +113,24 @@ def test_every_binary_column_of_the_schema_is_listed_as_encrypted_or_plain():
 
 async def test_rotation_makes_old_secrets_readable_under_the_new_key_alone(clean_db, caplog):
     caplog.set_level(logging.DEBUG)
-    plain = await seed(clean_db, Keyring(OLD), sessions=7, vms=2)
+    plain = await seed(clean_db, Keyring(OLD), sessions=7, vms=2, instance_count=4)
     with pytest.raises(SecretsError):
         await read_all(clean_db, Keyring(NEW))  # not before rotation
     rotating = Keyring(NEW, [OLD])
     assert await read_all(clean_db, rotating) == plain
 
     reports = await key_rotation.rotate_all(clean_db, rotating, batch_size=3)  # several batches per column
-    assert counts(reports) == {SESSIONS: (7, 7, 0, 0, 0), LUKS: (6, 6, 0, 0, 0), SERVICE_KEYS: (0, 0, 0, 0, 0)}
+    assert counts(reports) == {SESSIONS: (7, 7, 0, 0, 0), LUKS: (6, 6, 0, 0, 0), SERVICE_KEYS: (0, 0, 0, 0, 0),
+                               SYMMETRIC: (4, 4, 0, 0, 0), SESSION_KEY: (4, 4, 0, 0, 0)}
     assert await read_all(clean_db, Keyring(NEW)) == plain  # the new key alone now
     with pytest.raises(SecretsError):
         await read_all(clean_db, Keyring(OLD))  # and the old key alone no longer
 
     again = await key_rotation.rotate_all(clean_db, rotating, batch_size=3)
-    assert counts(again) == {SESSIONS: (7, 0, 7, 0, 0), LUKS: (6, 0, 6, 0, 0), SERVICE_KEYS: (0, 0, 0, 0, 0)}
+    assert counts(again) == {SESSIONS: (7, 0, 7, 0, 0), LUKS: (6, 0, 6, 0, 0), SERVICE_KEYS: (0, 0, 0, 0, 0),
+                             SYMMETRIC: (4, 0, 4, 0, 0), SESSION_KEY: (4, 0, 4, 0, 0)}
     for text_ in plain.values():
-        assert text_.decode() not in caplog.text
+        assert text_.hex() not in caplog.text and text_.decode(errors="replace") not in caplog.text
     assert "rewrapped=7" in caplog.text
 
 
@@ -159,7 +186,8 @@ async def test_cli_rotates_through_the_server_and_shows_counts_only(rotating_app
     out, err = capsys.readouterr()
     row = json.loads(out)
     assert row["active_key_id"] == Keyring(NEW).active_id and err == ""
-    assert {c["column"]: c["rewrapped"] for c in row["columns"]} == {SESSIONS: 4, LUKS: 3, SERVICE_KEYS: 0}
+    assert {c["column"]: c["rewrapped"] for c in row["columns"]} == {SESSIONS: 4, LUKS: 3, SERVICE_KEYS: 0,
+                                                                      SYMMETRIC: 0, SESSION_KEY: 0}
     assert await read_all(clean_db, Keyring(NEW)) == plain
 
     assert await admin_cli.amain([*common, "rotate-keys"]) == 0  # table output, nothing left to do
@@ -185,4 +213,4 @@ async def test_rotate_keys_rpc_checks_its_input_and_the_admin_token(rotating_app
             await admin.RotateKeys(admin_pb2.RotateKeysRequest())
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         done = await admin.RotateKeys(admin_pb2.RotateKeysRequest(), metadata=ADMIN_METADATA)
-        assert [c.scanned for c in done.columns] == [0, 0, 0]
+        assert [c.scanned for c in done.columns] == [0, 0, 0, 0, 0]

@@ -53,7 +53,7 @@ class ServiceSpec:
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("gantry.ops.v1.ops_pb2_grpc", "OpsService", "ops:OpsService"),
     ServiceSpec("gantry.admin.v1.admin_pb2_grpc", "AdminService", "admin:AdminService"),
-    ServiceSpec("gantry.instances.v1.instances_pb2_grpc", "InstanceService", None),
+    ServiceSpec("gantry.instances.v1.instances_pb2_grpc", "InstanceService", "instances:InstanceService"),
     ServiceSpec("gantry.servers.v1.servers_pb2_grpc", "ServerService", "servers:ServerService"),
     ServiceSpec("gantry.miner.v1.miner_pb2_grpc", "MinerService", "miner:MinerService"),
     ServiceSpec("gantry.broker.v1.inventory_pb2_grpc", "InventoryService", "inventory:InventoryService"),

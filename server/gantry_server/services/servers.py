@@ -112,26 +112,37 @@ async def _resolve(host: str) -> str | None:
     return str(infos[0][4][0]) if infos else None
 
 
+class AttestationKit:
+    """What every TDX check of the validator face shares (servers here, TEE instance claims in instances.py): the
+    quote verifier with its collateral source, the GPU evidence verifier and the measurement sets."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        cfg: AttestationSettings = rt.settings.attestation
+        self.file_entries = file_measurements(cfg)
+        verifier = DcapVerifier(_collateral(rt, cfg), accepted_statuses=cfg.accepted_tcb_statuses,
+                                root_ca_der=_root_ca_der(cfg.root_ca_file))
+        self.attestor = Attestor(verifier, require_client_cert=cfg.client_cert_binding)
+        self.gpu_verifier = (CommandGpuEvidenceVerifier(cfg.gpu_evidence_verifier) if cfg.gpu_evidence_verifier
+                             else NoGpuEvidenceVerifier())
+
+    async def entries(self) -> list[MeasurementEntry]:
+        async with self.rt.engine.connect() as conn:
+            stored = await MeasurementRepository(conn).all()
+        return measurements.merge(self.file_entries, stored)
+
+
 class ServerService(servers_pb2_grpc.ServerServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         cfg: AttestationSettings = rt.settings.attestation
         self.cfg = cfg
-        self.file_entries = file_measurements(cfg)
-        verifier = DcapVerifier(_collateral(rt, cfg), accepted_statuses=cfg.accepted_tcb_statuses,
-                                root_ca_der=_root_ca_der(cfg.root_ca_file))
-        self.attestor = Attestor(verifier, require_client_cert=cfg.client_cert_binding)
+        kit = AttestationKit(rt)
+        self.attestor, self.gpu_verifier, self._entries = kit.attestor, kit.gpu_verifier, kit.entries
         self.evidence = EvidenceClient(cfg.attestation_url, allow_private_hosts=cfg.attestation_allow_private_hosts)
-        self.gpu_verifier = (CommandGpuEvidenceVerifier(cfg.gpu_evidence_verifier) if cfg.gpu_evidence_verifier
-                             else NoGpuEvidenceVerifier())
         self.nonces = AttestationNonces(rt.redis, rt.clock)
         self.boot_tokens = BootTokens(rt.redis)
         self.proxies = TrustedProxies(rt.settings.trusted_proxies)
-
-    async def _entries(self) -> list[MeasurementEntry]:
-        async with self.rt.engine.connect() as conn:
-            stored = await MeasurementRepository(conn).all()
-        return measurements.merge(self.file_entries, stored)
 
     # -- boot: nonce, attestation, LUKS ----------------------------------------------------------------------
     async def GetNonce(self, request, context):

@@ -44,3 +44,8 @@ def readiness_probe() -> str:
 def session_changes(session_id: str) -> str:
     """Pub/sub channel announcing a change of one broker session (WatchSession wakes on it)."""
     return f"{PREFIX}broker:session:{session_id}"
+
+
+def scale_target(chute_id: str) -> str:
+    """Target instance count of a chute, written by an autoscaler; read by the launch scaling gates."""
+    return f"{PREFIX}scale:{chute_id}"

@@ -63,11 +63,13 @@ class EvidenceClient:
                     EVIDENCE_UNAVAILABLE, f"server host {host!r} resolves to {address}, which is not a public "
                     "address; the validator only pulls attestation evidence from public hosts", host=host)
 
-    def url(self, *, host: str, server_id: str, nonce: str) -> str:
-        return self.url_template.format(host=_url_host(host), server_id=server_id, nonce=nonce)
+    def url(self, *, host: str, **fields: str) -> str:
+        """The template filled with the host and the caller's fields (server_id and nonce for registration,
+        deployment_id for a TEE instance claim)."""
+        return self.url_template.format(host=_url_host(host), **fields)
 
-    async def fetch(self, *, host: str, server_id: str, nonce: str) -> RuntimeEvidence:
-        url = self.url(host=host, server_id=server_id, nonce=nonce)
+    async def fetch(self, *, host: str, **fields: str) -> RuntimeEvidence:
+        url = self.url(host=host, **fields)
         await self._check_public(host)
         try:
             async with httpx.AsyncClient(timeout=self.timeout, verify=False, follow_redirects=False) as client:

@@ -15,8 +15,10 @@ Claims follow the reference: `sub` (the config id), `chute_id`, `iat`, `exp` (ia
 from __future__ import annotations
 
 
+import base64
+
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 ISSUER = "chutes"
@@ -73,6 +75,14 @@ class LaunchTokenKeys:
         if disk_gb is not None:
             claims["disk_gb"] = disk_gb
         return jwt.encode(claims, self.private_key, algorithm="ES256")
+
+    def fs_key(self, *, chute_id: str, config_id: str, now: int) -> str:
+        """`{ts}:{base64url(ECDSA-P256-SHA256 DER signature of "{ts}:{chute_id}:{config_id}")}`, which a chute
+        presents to unlock its encrypted files; verifiable with the deployment's launch public key."""
+        if self.private_key is None:
+            raise LaunchTokenError("no launch-config private key: this process can verify tokens only")
+        signature = self.private_key.sign(f"{now}:{chute_id}:{config_id}".encode(), ec.ECDSA(hashes.SHA256()))
+        return f"{now}:{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
     def verify(self, token: str, config_id: str, *, now: float) -> dict:
         """The claims of a valid token for `config_id`; raises LaunchTokenError saying what is wrong."""
