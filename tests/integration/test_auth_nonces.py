@@ -1,14 +1,17 @@
-"""Attestation nonces, boot tokens and rate limits against a real Redis."""
+"""Attestation nonces, boot tokens, signature nonces and rate limits against a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime, timezone
 
 import pytest
+from redis.asyncio import Redis
 
 from gantry_server.clock import ManualClock
 from gantry_server.domain.auth.nonces import AttestationNonces, BootTokens, NonceRejected
 from gantry_server.domain.auth.rate_limit import Limit, RateLimited, RateLimiter
+from gantry_server.domain.auth.signature_nonces import SignatureNonces
 from gantry_server.store import redis_keys
 
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
@@ -83,6 +86,66 @@ async def test_boot_token_is_consumed_once_and_reuse_or_expiry_is_refused(redis)
     await redis.expire(redis_keys.boot_token(expiring), 0)
     with pytest.raises(NonceRejected, match="not found or expired"):
         await tokens.validate(expiring, ALICE, "vm-1")
+
+
+def _v2_nonce() -> str:
+    return f"1767225600.{uuid.uuid4().hex[:12]}"
+
+
+async def _connections_named(redis, name: str) -> list[dict]:
+    return [c for c in await redis.client_list() if c.get("name") == name]
+
+
+async def test_signature_nonce_is_single_use_per_hotkey_under_its_key_for_600s(redis):
+    nonces, nonce = SignatureNonces(redis), _v2_nonce()
+    assert await nonces.claim(ALICE, nonce) is True
+    key = redis_keys.signature_nonce(ALICE, nonce)
+    assert await redis.get(key) == b"1" and 590 < await redis.ttl(key) <= 600
+    assert await nonces.claim(ALICE, nonce) is False
+    assert await nonces.claim(BOB, nonce) is True  # another hotkey's nonce
+
+
+async def test_concurrent_claims_of_one_signature_nonce_on_two_replicas_exactly_one_wins(redis, redis_url):
+    clients = [Redis.from_url(redis_url) for _ in range(2)]  # two replicas: their own clients and connections
+    replicas = [SignatureNonces(client) for client in clients]
+    try:
+        for _ in range(20):
+            nonce = _v2_nonce()
+            results = await asyncio.gather(*(replicas[i % 2].claim(ALICE, nonce) for i in range(16)))
+            assert results.count(True) == 1
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_signature_nonce_claims_go_on_after_redis_closes_their_connection(redis, redis_url):
+    client = Redis.from_url(redis_url, client_name="test-signonce-killed")
+    nonces = SignatureNonces(client)
+    try:
+        assert await nonces.claim(ALICE, _v2_nonce())
+        leased = await _connections_named(redis, "test-signonce-killed")
+        assert leased
+        for conn in leased:
+            await redis.client_kill_filter(_id=conn["id"])
+        nonce = _v2_nonce()
+        assert await nonces.claim(ALICE, nonce) is True
+        assert await nonces.claim(ALICE, nonce) is False
+    finally:
+        await client.aclose()
+
+
+async def test_signature_nonce_connections_close_with_the_redis_client(redis, redis_url):
+    """They are leased from the client's pool, so closing rt.redis closes them (and the embedded Redis can stop)."""
+    client = Redis.from_url(redis_url, client_name="test-signonce-closed")
+    nonces = SignatureNonces(client)
+    assert all(await asyncio.gather(*(nonces.claim(ALICE, _v2_nonce()) for _ in range(4))))
+    assert await _connections_named(redis, "test-signonce-closed")
+    await client.aclose()
+    for _ in range(50):
+        if not await _connections_named(redis, "test-signonce-closed"):
+            break
+        await asyncio.sleep(0.02)
+    assert await _connections_named(redis, "test-signonce-closed") == []
 
 
 async def test_rate_limit_per_user_and_bucket_resets_with_the_window(redis):

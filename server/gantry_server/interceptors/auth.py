@@ -24,10 +24,10 @@ from ..domain.auth.caller import ANONYMOUS, Caller, TrustedProxies, current_call
 from ..domain.auth.launch_tokens import LaunchTokenError, LaunchTokenKeys, bearer_token
 from ..domain.auth.nonces import AttestationNonces, BootTokens, NonceRejected
 from ..domain.auth.rate_limit import RateLimited, RateLimiter
+from ..domain.auth.signature_nonces import SignatureNonces
 from ..domain.auth.signatures import SignatureError, SignedRequest, request_sha256, verify_request
 from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from ..runtime import Runtime
-from ..store import redis_keys
 from ..store.models import metagraph_nodes
 from ..store.repositories.user_tokens import UserTokenRepository
 from ..store.repositories.users import UserRepository
@@ -43,6 +43,7 @@ class _Parts:
         self.nonces = AttestationNonces(rt.redis, rt.clock)
         self.boot_tokens = BootTokens(rt.redis)
         self.limiter = RateLimiter(rt.redis, rt.clock)
+        self.signature_nonces = SignatureNonces(rt.redis)
         self.proxies = TrustedProxies(getattr(rt.settings, "trusted_proxies", ()))
         self._launch_keys = launch_keys
         self._user_tokens: user_tokens.UserTokens | None = None
@@ -181,11 +182,9 @@ class AuthInterceptor(AsyncServerInterceptor):
             verified = verify_request(signed, policy.purpose, rt.clock.now().timestamp())
         except SignatureError as exc:
             raise Unauthenticated(str(exc), reason="SIGNATURE_INVALID") from None
-        if verified.single_use:
-            fresh = await rt.redis.set(redis_keys.signature_nonce(hotkey, nonce), b"1", nx=True, ex=600)
-            if not fresh:
-                raise Unauthenticated("Nonce already used (replay): a v2 nonce is single-use; sign again with a new "
-                                      "'{ts}.{random}' nonce", reason="NONCE_REPLAYED")
+        if verified.single_use and not await parts.signature_nonces.claim(hotkey, nonce):
+            raise Unauthenticated("Nonce already used (replay): a v2 nonce is single-use; sign again with a new "
+                                  "'{ts}.{random}' nonce", reason="NONCE_REPLAYED")
         must_register = policy.registered if registered is None else registered
         is_registered = await self._check_metagraph(rt, hotkey, must_register)
         return Caller(kind="hotkey", ip=ip, hotkey=hotkey, key_type=verified.key_type,
