@@ -27,9 +27,9 @@ async def test_built_routes_answer_the_same_as_in_process(http, remote_http):
 
 
 async def test_rich_status_crosses_the_channel(remote_http):
-    response = await remote_http.get("/instances/reconciliation_csv", headers={"X-Request-ID": "remote-1"})
-    assert response.status_code == 501 and response.headers["x-request-id"] == "remote-1"
-    assert "GetInstanceReconciliationCsv" in response.json()["detail"]
+    response = await remote_http.get("/instances/launch_config/cfg-1/nonce", headers={"X-Request-ID": "remote-1"})
+    assert response.status_code == 401 and response.headers["x-request-id"] == "remote-1"
+    assert "Missing launch config JWT" in response.json()["detail"]
     broker = await remote_http.get("/api/v1/costs?session_id=unknown", headers={"X-Request-ID": "remote-2"})
     assert broker.status_code == 404
     assert broker.json()["request_id"] == "remote-2"  # the server used the gateway's request id
