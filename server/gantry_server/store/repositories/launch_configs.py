@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, not_, select, update
+from sqlalchemy import Boolean, and_, func, insert, not_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,7 +58,7 @@ class LaunchConfigRepository:
         """Append the hotkey to the job's racers: "ok", "missing", "repeat" (tried before) or "locked" (full)."""
         stmt = (update(jobs)
                 .where(jobs.c.job_id == job_id, jobs.c.chute_id == chute_id,
-                       not_(jobs.c.miner_history.op("?")(hotkey)),
+                       not_(jobs.c.miner_history.op("?", return_type=Boolean)(hotkey)),
                        func.jsonb_array_length(jobs.c.miner_history) < MAX_JOB_RACERS)
                 .values(miner_history=jobs.c.miner_history.op("||")(func.jsonb_build_array(hotkey)))
                 .returning(jobs.c.job_id))
