@@ -16,10 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gantry.instances.v1 import instances_pb2, instances_pb2_grpc
 
-from .. import metadata_keys as mk
 from ..domain.attestation import EvidenceClient
 from ..domain.attestation import failures as f
-from ..domain.auth.caller import TrustedProxies, current_caller, peer_ip
+from ..domain.auth.caller import TrustedProxies, current_caller
 from ..domain.auth.nonces import AttestationNonces
 from ..domain.launch.launcher import ClaimArgs, Launcher, TeeAttestationRefused, Verified
 from ..domain.validation import Violations
@@ -122,10 +121,7 @@ class InstanceService(InstanceRecordRpcs, instances_pb2_grpc.InstanceServiceServ
             cfg.instance_evidence_url, allow_private_hosts=cfg.attestation_allow_private_hosts))
         self.nonces = AttestationNonces(rt.redis, rt.clock)
         self.proxies = TrustedProxies(rt.settings.trusted_proxies)
-
-    def _ip(self, context) -> str:
-        md = dict(context.invocation_metadata() or ())
-        return self.proxies.client_ip(peer_ip(context.peer()), md.get(mk.FORWARDED_FOR))
+        self.ip_check_salt = rt.settings.launch.ip_check_salt or rt.keyring.derive(b"ip-check-salt").hex()
 
     # -- launch configs ---------------------------------------------------------------------------------------
     async def GetLaunchConfig(self, request, context):
@@ -204,13 +200,13 @@ class InstanceService(InstanceRecordRpcs, instances_pb2_grpc.InstanceServiceServ
 
     # -- unauthenticated helpers ----------------------------------------------------------------------------
     async def GetInstanceNonce(self, request, context):
-        issued = await self.nonces.issue("instance_verification", self._ip(context))
+        issued = await self.nonces.issue("instance_verification", self.proxies.of_call(context))
         return instances_pb2.GetInstanceNonceResponse(nonce=issued.nonce)
 
     async def GetToken(self, request, context):
-        salt = self.rt.settings.launch.ip_check_salt or self.rt.keyring.derive(b"ip-check-salt").hex()
+        salt = self.ip_check_salt
         if request.HasField("salt"):
             if len(request.salt) > 255 or not _PRINTABLE.match(request.salt):
                 raise InvalidArgument.field("salt", "at most 255 printable characters")
-        name = f"{self._ip(context)}:{salt}" + (f":{request.salt}" if request.HasField("salt") else "")
+        name = f"{self.proxies.of_call(context)}:{salt}" + (f":{request.salt}" if request.HasField("salt") else "")
         return instances_pb2.GetTokenResponse(token=str(uuid.uuid5(uuid.NAMESPACE_OID, name)))

@@ -29,7 +29,7 @@ from ..domain.attestation import (BOOT, RUNTIME, AttestationFailure, Attestor, C
                                   NoGpuEvidenceVerifier, PccsCollateral, PolicyFileError)
 from ..domain.attestation import failures as f
 from ..domain.attestation import measurements, passphrases
-from ..domain.auth.caller import TrustedProxies, current_caller, peer_ip
+from ..domain.auth.caller import TrustedProxies, current_caller
 from ..domain.auth.nonces import AttestationNonces, BootTokens, NonceRejected
 from ..domain.secrets_at_rest import SecretsError
 from ..domain.validation import Violations, is_ss58
@@ -147,9 +147,7 @@ class ServerService(servers_pb2_grpc.ServerServiceServicer):
     # -- boot: nonce, attestation, LUKS ----------------------------------------------------------------------
     async def GetNonce(self, request, context):
         """Unauthenticated, so the interceptor records no caller: the IP is read as it would (trusted proxies)."""
-        md = dict(context.invocation_metadata() or ())
-        ip = self.proxies.client_ip(peer_ip(context.peer()), md.get(mk.FORWARDED_FOR))
-        issued = await self.nonces.issue("boot", ip)
+        issued = await self.nonces.issue("boot", self.proxies.of_call(context))
         return servers_pb2.GetNonceResponse(nonce=issued.nonce, expires_at=_ts(issued.expires_at))
 
     async def VerifyBootAttestation(self, request, context):

@@ -8,6 +8,8 @@ import ipaddress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from ...metadata_keys import FORWARDED_FOR
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -60,6 +62,12 @@ class TrustedProxies:
         except ValueError:
             return False
         return any(addr in net for net in self.networks)
+
+    def of_call(self, context) -> str:
+        """The caller's address in an RPC without authentication (the interceptor records none): as the
+        interceptor would compute it."""
+        forwarded = dict(context.invocation_metadata() or ()).get(FORWARDED_FOR)
+        return self.client_ip(peer_ip(context.peer()), forwarded)
 
     def client_ip(self, peer_ip_: str, forwarded_for: str | None) -> str:
         if forwarded_for and self.trusts(peer_ip_):

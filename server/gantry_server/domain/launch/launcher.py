@@ -34,6 +34,7 @@ from .. import graval
 from ..attestation import RUNTIME, AttestationFailure
 from . import gpus as gpu_models
 from . import runtime_integrity as rint
+from .runtime_integrity import version_at_least
 from .secrets import rint_session_key_context, symmetric_key_context
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,6 @@ class ClaimRefused(Exception):
 
 def _locked(message: str, reason: str) -> GantryError:
     return FailedPrecondition(message, reason=reason, http_status=LOCKED)
-
-
-def version_at_least(version: str | None, minimum: str) -> bool:
-    return rint.version_at_least(version, minimum)
 
 
 class Launcher:
@@ -482,9 +479,9 @@ class Launcher:
 
     async def _attest_deployment(self, instance, chute, args: ClaimArgs, nonce: str) -> None:
         """Pull the deployment's quote and GPU evidence from its server and verify them (reference §4.4)."""
-        node = (await self._instance_nodes(instance["instance_id"]))[0]
+        nodes = await self._instance_nodes(instance["instance_id"])
         async with self.rt.engine.connect() as conn:
-            server = await ServerRepository(conn).get(node["server_id"])
+            server = await ServerRepository(conn).get(nodes[0]["server_id"])
         expected = nonce
         if version_at_least(chute["chutes_version"], "0.6.0"):
             expected = hashlib.sha256((nonce + (args.e2e_pubkey or "")).encode()).hexdigest()
@@ -494,8 +491,7 @@ class Launcher:
                                                       entries=await self.kit.entries(), now=self._now(),
                                                       bind_client_cert=False)
             await self.kit.gpu_verifier.verify(evidence=evidence.gpu_evidence, nonce=expected, gpus=[
-                {"uuid": n["uuid"], "gpu_identifier": n["gpu_identifier"], "name": n["name"]}
-                for n in await self._instance_nodes(instance["instance_id"])])
+                {"uuid": n["uuid"], "gpu_identifier": n["gpu_identifier"], "name": n["name"]} for n in nodes])
         except AttestationFailure as failure:
             raise ClaimRefused(TeeAttestationRefused(failure), delete_instance=instance["instance_id"]) from None
         async with unit_of_work(self.rt.engine) as conn:
