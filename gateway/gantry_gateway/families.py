@@ -20,6 +20,8 @@ FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("/instances", VALIDATOR),
     ("/servers", VALIDATOR),
     ("/miner", VALIDATOR),
+    ("/chutes", VALIDATOR),
+    ("/nodes", VALIDATOR),
 )
 DEFAULT_FAMILY = BROKER
 

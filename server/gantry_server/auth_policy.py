@@ -56,7 +56,8 @@ POLICIES: dict[str, Policy] = {
     "/gantry.ops.v1.OpsService/GetMetrics": NONE,
     # admin
     **{f"/gantry.admin.v1.AdminService/{m}": ADMIN for m in (
-        "UpsertChute", "DeleteChute", "UpsertImage", "CreateJob", "CreateUser", "CreateApiKey", "RevokeApiKey",
+        "UpsertChute", "DeleteChute", "SetChuteBounty", "UpsertImage", "DeleteImage", "CreateJob", "CreateUser",
+        "CreateApiKey", "RevokeApiKey",
         "UpsertMetagraphNodes", "SetBlacklist", "PutMeasurementPolicy", "ListMeasurementPolicies",
         "CreateUserToken", "RevokeUserToken", "RotateKeys")},
     # instances (seed 000/002)
@@ -101,7 +102,8 @@ POLICIES: dict[str, Policy] = {
         "ListChutes", "ListImages", "ListNodes", "ListServers", "ListInstances", "ListAvailableJobs", "ReleaseJob",
         "GetFullInventory", "ListActiveInstances", "GetChute", "GetThrashCooldowns", "WatchEvents")},
     **{f"/gantry.miner.v1.MinerService/{m}": NONE for m in (
-        "GetMetrics", "GetStats", "GetScores", "GetUniqueChuteHistory", "GetMetagraph")},
+        "GetMetrics", "GetStats", "GetScores", "GetUniqueChuteHistory", "GetMetagraph", "ListRollingUpdates",
+        "ListChuteUtilization", "GetSupportedNodes")},
     # broker (seed 004): the reference has no authentication; kept open until the broker issue decides.
     **{f"/gantry.broker.v1.InventoryService/{m}": NONE for m in (
         "ListOffers", "GetOffer", "ListCompatibleTemplates", "ListOfferHealth")},

@@ -110,6 +110,7 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     attestation: AttestationSettings = field(default_factory=lambda: AttestationSettings())
     launch: "LaunchSettings" = field(default_factory=lambda: LaunchSettings())
+    miner: "MinerSettings" = field(default_factory=lambda: MinerSettings())
 
     @property
     def embedded(self) -> bool:
@@ -170,6 +171,7 @@ class Settings:
         kw["broker"] = _broker_from_env(get, embedded=embedded)
         kw["attestation"] = _attestation_from_env(get)
         kw["launch"] = _launch_from_env(get)
+        kw["miner"] = _miner_from_env(get)
         return cls(**kw)
 
 
@@ -328,3 +330,30 @@ def _launch_from_env(get) -> LaunchSettings:
     if v := get("GANTRY_GRAVAL_MATRIX_N"):
         kw["graval_matrix_n"] = _positive("GANTRY_GRAVAL_MATRIX_N", v, int)
     return LaunchSettings(**kw)
+
+
+@dataclass(frozen=True)
+class MinerSettings:
+    """The miner face (seed 003): the event stream and the caches of stats and scores. Reference: docs/miner.md."""
+
+    events_max_len: int = 100_000  # events the Redis Stream keeps at most
+    events_max_age_seconds: float = 7 * 24 * 3600.0  # and for at most this long
+    events_heartbeat_seconds: float = 15.0  # an idle WatchEvents stream gets a heartbeat this often
+    events_subscriber_buffer: int = 1000  # events a subscriber may lag behind before it is dropped
+    events_relay_poll_seconds: float = 2.0  # outbox sweep besides LISTEN/NOTIFY (crash recovery, lost notifies)
+    stats_cache_seconds: float = 300.0  # GetStats / GetScores / unique chute history results are reused this long
+    background_loops: bool = True  # tests that drive the relay by hand turn its loop off
+
+
+def _miner_from_env(get) -> MinerSettings:
+    kw: dict = {}
+    for env_name, key, cast in (
+            ("GANTRY_EVENTS_MAX_LEN", "events_max_len", int),
+            ("GANTRY_EVENTS_MAX_AGE_SECONDS", "events_max_age_seconds", float),
+            ("GANTRY_EVENTS_HEARTBEAT_SECONDS", "events_heartbeat_seconds", float),
+            ("GANTRY_EVENTS_SUBSCRIBER_BUFFER", "events_subscriber_buffer", int),
+            ("GANTRY_EVENTS_RELAY_POLL_SECONDS", "events_relay_poll_seconds", float),
+            ("GANTRY_MINER_STATS_CACHE_SECONDS", "stats_cache_seconds", float)):
+        if v := get(env_name):
+            kw[key] = _positive(env_name, v, cast)
+    return MinerSettings(**kw)

@@ -80,6 +80,10 @@ LEGACY_ROUTES: list[tuple[str, str, str, str, str]] = [
 GANTRY_ROUTE_PREFIXES = ("/admin/v1/",)
 GANTRY_ROUTES = {
     ("GET", "/miner/events"),
+    # Called by a stock miner agent though absent from the seeds (../shared/docs/miner-contract.md A9, A10, A19).
+    ("GET", "/chutes/rolling_updates"),
+    ("GET", "/chutes/utilization"),
+    ("GET", "/nodes/supported"),
     ("GET", "/api/v1/offer-health"),
     ("GET", "/api/v1/sessions/{id}/watch"),
 }

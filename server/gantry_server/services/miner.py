@@ -1,4 +1,11 @@
-"""MinerService: what miner agents read. The metagraph is built; the rest lands with its issue."""
+"""MinerService (seed 003): what miner agents read, and the event feed. A thin translation, proto <-> domain.
+
+The RPCs are grouped by concern, one file each, and composed here:
+    miner_lists.py   the streamed lists, servers, inventory, get chute, release job, rolling updates,
+                     utilization, supported nodes
+    miner_stats.py   stats, scores, unique chute history, thrash cooldowns, metrics
+    miner_events.py  WatchEvents
+"""
 from __future__ import annotations
 
 from gantry.miner.v1 import miner_pb2, miner_pb2_grpc
@@ -7,6 +14,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ..runtime import Runtime
 from ..store.db import unit_of_work
 from ..store.repositories.metagraph import MetagraphRepository
+from .miner_events import MinerEventsMixin
+from .miner_lists import MinerListsMixin
+from .miner_stats import MinerStatsMixin
 
 _SCALARS = ("hotkey", "checksum", "coldkey", "node_id", "incentive", "netuid", "stake", "tao_stake", "alpha_stake",
             "trust", "vtrust", "last_updated", "ip", "ip_type", "port", "protocol")
@@ -22,7 +32,7 @@ def metagraph_node(row) -> miner_pb2.MetagraphNode:
     return node
 
 
-class MinerService(miner_pb2_grpc.MinerServiceServicer):
+class MinerService(MinerListsMixin, MinerStatsMixin, MinerEventsMixin, miner_pb2_grpc.MinerServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 

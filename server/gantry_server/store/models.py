@@ -345,6 +345,7 @@ images = Table(
     Column("tag", String(255), nullable=False),
     Column("patch_version", String(64), nullable=True),
     Column("compute_type", String(8), nullable=False, server_default="gpu"),
+    Column("chutes_version", String(32), nullable=True),  # SDK version the image was built with (migration 0008)
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -376,6 +377,11 @@ chutes = Table(
     Column("jobs", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # migration 0008: what a stock miner runs, the chute's cords, and the bounty offered (SetChuteBounty)
+    Column("ref_str", String(255), nullable=False, server_default=""),
+    Column("cords", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("bounty", Integer, nullable=True),
+    Column("bounty_set_at", DateTime(timezone=True), nullable=True),
 )
 
 # One-shot jobs of a chute; unclaimed while miner_hotkey is NULL, raced for through launch configs.
@@ -509,4 +515,30 @@ instance_compute_history = Table(
     Column("ended_at", DateTime(timezone=True), nullable=True),
     Index("ix_instance_compute_history_instance_started", "instance_id", "started_at"),
     Index("uq_instance_compute_history_open", "instance_id", unique=True, postgresql_where=text("ended_at IS NULL")),
+)
+
+
+# --- Miner face: events and rolling updates (seed 003; migration 0008) ------------------------------------------
+
+# Transactional outbox: a producer inserts its event in the same transaction as the change it announces (and
+# NOTIFYs `gantry_events`, delivered only on commit); the relay (domain/events/relay.py) moves committed rows to
+# the Redis Stream and deletes them. `recipients` NULL means every miner; otherwise only these hotkeys.
+event_outbox = Table(
+    "event_outbox", metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("reason", String(64), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("data", JSONB, nullable=False),
+    Column("recipients", ARRAY(String(64)), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# A chute's version changed while instances of the old version existed: those instances are being replaced.
+# In progress while any instance of the chute runs a version other than new_version.
+rolling_updates = Table(
+    "rolling_updates", metadata,
+    Column("chute_id", String(36), ForeignKey("chutes.chute_id", ondelete="CASCADE"), primary_key=True),
+    Column("old_version", String(64), nullable=False),
+    Column("new_version", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
 )

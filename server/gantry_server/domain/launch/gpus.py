@@ -32,3 +32,11 @@ def model(identifier: str) -> GpuModel | None:
 def compute_multiplier(identifier: str) -> float:
     found = model(identifier)
     return found.hourly_rate / MAX_RATE if found else 0.0
+
+
+def supported(node_selector: dict | None) -> list[GpuModel]:
+    """The models a chute's node selector allows (`include` narrows, `exclude` removes), in table order."""
+    selector = node_selector or {}
+    include = {g.lower() for g in selector.get("include") or []}
+    exclude = {g.lower() for g in selector.get("exclude") or []}
+    return [m for m in MODELS.values() if (not include or m.identifier in include) and m.identifier not in exclude]

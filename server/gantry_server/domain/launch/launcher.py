@@ -639,11 +639,7 @@ class TeeAttestationRefused(PermissionDenied):
 def compute_multiplier(chute, node_rows, *, private: bool, job) -> tuple[float, float, float]:
     """(multiplier, warmup multiplier, hourly rate) of a new instance (reference §4.9 steps 1–7; no bounty yet)."""
     gpu_count = len(node_rows)
-    selector = chute["node_selector"] or {}
-    include = {g.lower() for g in selector.get("include") or []}
-    exclude = {g.lower() for g in selector.get("exclude") or []}
-    supported = [m for m in gpu_models.MODELS.values()
-                 if (not include or m.identifier in include) and m.identifier not in exclude]
+    supported = gpu_models.supported(chute["node_selector"])
     base = gpu_count * min((gpu_models.compute_multiplier(m.identifier) for m in supported), default=1.0)
     value = base
     if private:

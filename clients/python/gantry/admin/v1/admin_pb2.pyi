@@ -51,6 +51,8 @@ class UpsertChuteRequest(_message.Message):
     PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     MAX_INSTANCES_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
+    REF_STR_FIELD_NUMBER: _builtins.int
+    CORDS_FIELD_NUMBER: _builtins.int
     chute_id: _builtins.str
     user_id: _builtins.str
     """Owner."""
@@ -76,6 +78,8 @@ class UpsertChuteRequest(_message.Message):
     encrypted_fs: _builtins.bool
     preemptible: _builtins.bool
     max_instances: _builtins.int
+    ref_str: _builtins.str
+    """"{module}:{variable}" the chute runs; absent: "{filename without .py}:chute"."""
     @_builtins.property
     def node_selector(self) -> _struct_pb2.Struct:
         """Free-form GPU requirements (gpu_count, min_vram_gb_per_gpu, include, exclude, ...)."""
@@ -83,6 +87,10 @@ class UpsertChuteRequest(_message.Message):
     @_builtins.property
     def jobs(self) -> _struct_pb2.ListValue:
         """Job definitions declared by the chute code (free-form list)."""
+
+    @_builtins.property
+    def cords(self) -> _struct_pb2.ListValue:
+        """HTTP methods the chute exposes (free-form list of cords); a chute with jobs and no cords is job-only."""
 
     def __init__(
         self,
@@ -109,10 +117,12 @@ class UpsertChuteRequest(_message.Message):
         preemptible: _builtins.bool = ...,
         max_instances: _builtins.int | None = ...,
         jobs: _struct_pb2.ListValue | None = ...,
+        ref_str: _builtins.str | None = ...,
+        cords: _struct_pb2.ListValue | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_boost", b"_boost", "_chutes_version", b"_chutes_version", "_concurrency", b"_concurrency", "_lock_modules", b"_lock_modules", "_max_instances", b"_max_instances", "_shutdown_after_seconds", b"_shutdown_after_seconds", "_standard_template", b"_standard_template", "boost", b"boost", "chutes_version", b"chutes_version", "concurrency", b"concurrency", "jobs", b"jobs", "lock_modules", b"lock_modules", "max_instances", b"max_instances", "node_selector", b"node_selector", "shutdown_after_seconds", b"shutdown_after_seconds", "standard_template", b"standard_template"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_boost", b"_boost", "_chutes_version", b"_chutes_version", "_concurrency", b"_concurrency", "_lock_modules", b"_lock_modules", "_max_instances", b"_max_instances", "_ref_str", b"_ref_str", "_shutdown_after_seconds", b"_shutdown_after_seconds", "_standard_template", b"_standard_template", "boost", b"boost", "chutes_version", b"chutes_version", "concurrency", b"concurrency", "cords", b"cords", "jobs", b"jobs", "lock_modules", b"lock_modules", "max_instances", b"max_instances", "node_selector", b"node_selector", "ref_str", b"ref_str", "shutdown_after_seconds", b"shutdown_after_seconds", "standard_template", b"standard_template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_boost", b"_boost", "_chutes_version", b"_chutes_version", "_concurrency", b"_concurrency", "_lock_modules", b"_lock_modules", "_max_instances", b"_max_instances", "_shutdown_after_seconds", b"_shutdown_after_seconds", "_standard_template", b"_standard_template", "allow_external_egress", b"allow_external_egress", "boost", b"boost", "chute_id", b"chute_id", "chutes_version", b"chutes_version", "code", b"code", "concurrency", b"concurrency", "disabled", b"disabled", "encrypted_fs", b"encrypted_fs", "filename", b"filename", "image_id", b"image_id", "jobs", b"jobs", "lock_modules", b"lock_modules", "max_instances", b"max_instances", "name", b"name", "node_selector", b"node_selector", "preemptible", b"preemptible", "public", b"public", "shutdown_after_seconds", b"shutdown_after_seconds", "standard_template", b"standard_template", "tee", b"tee", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_boost", b"_boost", "_chutes_version", b"_chutes_version", "_concurrency", b"_concurrency", "_lock_modules", b"_lock_modules", "_max_instances", b"_max_instances", "_ref_str", b"_ref_str", "_shutdown_after_seconds", b"_shutdown_after_seconds", "_standard_template", b"_standard_template", "allow_external_egress", b"allow_external_egress", "boost", b"boost", "chute_id", b"chute_id", "chutes_version", b"chutes_version", "code", b"code", "concurrency", b"concurrency", "cords", b"cords", "disabled", b"disabled", "encrypted_fs", b"encrypted_fs", "filename", b"filename", "image_id", b"image_id", "jobs", b"jobs", "lock_modules", b"lock_modules", "max_instances", b"max_instances", "name", b"name", "node_selector", b"node_selector", "preemptible", b"preemptible", "public", b"public", "ref_str", b"ref_str", "shutdown_after_seconds", b"shutdown_after_seconds", "standard_template", b"standard_template", "tee", b"tee", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__boost: _TypeAlias = _typing.Literal["boost"]  # noqa: Y015
     _WhichOneofArgType__boost: _TypeAlias = _typing.Literal["_boost", b"_boost"]  # noqa: Y015
@@ -124,6 +134,8 @@ class UpsertChuteRequest(_message.Message):
     _WhichOneofArgType__lock_modules: _TypeAlias = _typing.Literal["_lock_modules", b"_lock_modules"]  # noqa: Y015
     _WhichOneofReturnType__max_instances: _TypeAlias = _typing.Literal["max_instances"]  # noqa: Y015
     _WhichOneofArgType__max_instances: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances"]  # noqa: Y015
+    _WhichOneofReturnType__ref_str: _TypeAlias = _typing.Literal["ref_str"]  # noqa: Y015
+    _WhichOneofArgType__ref_str: _TypeAlias = _typing.Literal["_ref_str", b"_ref_str"]  # noqa: Y015
     _WhichOneofReturnType__shutdown_after_seconds: _TypeAlias = _typing.Literal["shutdown_after_seconds"]  # noqa: Y015
     _WhichOneofArgType__shutdown_after_seconds: _TypeAlias = _typing.Literal["_shutdown_after_seconds", b"_shutdown_after_seconds"]  # noqa: Y015
     _WhichOneofReturnType__standard_template: _TypeAlias = _typing.Literal["standard_template"]  # noqa: Y015
@@ -138,6 +150,8 @@ class UpsertChuteRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lock_modules) -> _WhichOneofReturnType__lock_modules | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_instances) -> _WhichOneofReturnType__max_instances | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ref_str) -> _WhichOneofReturnType__ref_str | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__shutdown_after_seconds) -> _WhichOneofReturnType__shutdown_after_seconds | None: ...
     @_typing.overload
@@ -209,6 +223,96 @@ class DeleteChuteResponse(_message.Message):
 Global___DeleteChuteResponse: _TypeAlias = DeleteChuteResponse  # noqa: Y015
 
 @_typing.final
+class SetChuteBountyRequest(_message.Message):
+    """Path and body of PUT /admin/v1/chutes/{chute_id}/bounty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUTE_ID_FIELD_NUMBER: _builtins.int
+    BOUNTY_FIELD_NUMBER: _builtins.int
+    chute_id: _builtins.str
+    bounty: _builtins.int
+    """The bounty, 0..1000000; 0 withdraws it."""
+    def __init__(
+        self,
+        *,
+        chute_id: _builtins.str = ...,
+        bounty: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounty", b"bounty", "chute_id", b"chute_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChuteBountyRequest: _TypeAlias = SetChuteBountyRequest  # noqa: Y015
+
+@_typing.final
+class SetChuteBountyResponse(_message.Message):
+    """Result of PUT /admin/v1/chutes/{chute_id}/bounty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUTE_ID_FIELD_NUMBER: _builtins.int
+    BOUNTY_FIELD_NUMBER: _builtins.int
+    chute_id: _builtins.str
+    bounty: _builtins.int
+    """The bounty now offered; absent when withdrawn."""
+    def __init__(
+        self,
+        *,
+        chute_id: _builtins.str = ...,
+        bounty: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bounty", b"_bounty", "bounty", b"bounty"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bounty", b"_bounty", "bounty", b"bounty", "chute_id", b"chute_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bounty: _TypeAlias = _typing.Literal["bounty"]  # noqa: Y015
+    _WhichOneofArgType__bounty: _TypeAlias = _typing.Literal["_bounty", b"_bounty"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bounty) -> _WhichOneofReturnType__bounty | None: ...
+
+Global___SetChuteBountyResponse: _TypeAlias = SetChuteBountyResponse  # noqa: Y015
+
+@_typing.final
+class DeleteImageRequest(_message.Message):
+    """Path of DELETE /admin/v1/images/{image_id}."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteImageRequest: _TypeAlias = DeleteImageRequest  # noqa: Y015
+
+@_typing.final
+class DeleteImageResponse(_message.Message):
+    """Empty result of DELETE /admin/v1/images/{image_id}."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteImageResponse: _TypeAlias = DeleteImageResponse  # noqa: Y015
+
+@_typing.final
 class UpsertImageRequest(_message.Message):
     """Path and body of PUT /admin/v1/images/{image_id} (the images row)."""
 
@@ -220,6 +324,7 @@ class UpsertImageRequest(_message.Message):
     TAG_FIELD_NUMBER: _builtins.int
     PATCH_VERSION_FIELD_NUMBER: _builtins.int
     COMPUTE_TYPE_FIELD_NUMBER: _builtins.int
+    CHUTES_VERSION_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     user_id: _builtins.str
     """Owner; their username prefixes the image reference miners pull."""
@@ -229,6 +334,8 @@ class UpsertImageRequest(_message.Message):
     """Appended as "-<patch_version>" to the tag unless absent or "initial"."""
     compute_type: _builtins.str
     """"gpu" or "cpu"."""
+    chutes_version: _builtins.str
+    """Version of the chutes SDK the image was built with, e.g. "0.4.9" (miners read it from image rows)."""
     def __init__(
         self,
         *,
@@ -238,13 +345,19 @@ class UpsertImageRequest(_message.Message):
         tag: _builtins.str = ...,
         patch_version: _builtins.str | None = ...,
         compute_type: _builtins.str = ...,
+        chutes_version: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_patch_version", b"_patch_version", "patch_version", b"patch_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_chutes_version", b"_chutes_version", "_patch_version", b"_patch_version", "chutes_version", b"chutes_version", "patch_version", b"patch_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_patch_version", b"_patch_version", "compute_type", b"compute_type", "image_id", b"image_id", "name", b"name", "patch_version", b"patch_version", "tag", b"tag", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chutes_version", b"_chutes_version", "_patch_version", b"_patch_version", "chutes_version", b"chutes_version", "compute_type", b"compute_type", "image_id", b"image_id", "name", b"name", "patch_version", b"patch_version", "tag", b"tag", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__chutes_version: _TypeAlias = _typing.Literal["chutes_version"]  # noqa: Y015
+    _WhichOneofArgType__chutes_version: _TypeAlias = _typing.Literal["_chutes_version", b"_chutes_version"]  # noqa: Y015
     _WhichOneofReturnType__patch_version: _TypeAlias = _typing.Literal["patch_version"]  # noqa: Y015
     _WhichOneofArgType__patch_version: _TypeAlias = _typing.Literal["_patch_version", b"_patch_version"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__chutes_version) -> _WhichOneofReturnType__chutes_version | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__patch_version) -> _WhichOneofReturnType__patch_version | None: ...
 
 Global___UpsertImageRequest: _TypeAlias = UpsertImageRequest  # noqa: Y015

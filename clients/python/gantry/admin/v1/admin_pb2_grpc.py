@@ -44,10 +44,20 @@ class AdminServiceStub:
                 request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteChuteRequest.SerializeToString,
                 response_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteChuteResponse.FromString,
                 _registered_method=True)
+        self.SetChuteBounty = channel.unary_unary(
+                '/gantry.admin.v1.AdminService/SetChuteBounty',
+                request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.SetChuteBountyRequest.SerializeToString,
+                response_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.SetChuteBountyResponse.FromString,
+                _registered_method=True)
         self.UpsertImage = channel.unary_unary(
                 '/gantry.admin.v1.AdminService/UpsertImage',
                 request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.UpsertImageRequest.SerializeToString,
                 response_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.UpsertImageResponse.FromString,
+                _registered_method=True)
+        self.DeleteImage = channel.unary_unary(
+                '/gantry.admin.v1.AdminService/DeleteImage',
+                request_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteImageRequest.SerializeToString,
+                response_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteImageResponse.FromString,
                 _registered_method=True)
         self.CreateJob = channel.unary_unary(
                 '/gantry.admin.v1.AdminService/CreateJob',
@@ -123,8 +133,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetChuteBounty(self, request, context):
+        """PUT /admin/v1/chutes/{chute_id}/bounty: offer a bounty for the chute's next instance (0 withdraws it);
+        every miner is told through the bounty_change event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpsertImage(self, request, context):
         """PUT /admin/v1/images/{image_id}: create or replace an image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImage(self, request, context):
+        """DELETE /admin/v1/images/{image_id}: remove an image; FAILED_PRECONDITION while a chute uses it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,10 +245,20 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteChuteRequest.FromString,
                     response_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteChuteResponse.SerializeToString,
             ),
+            'SetChuteBounty': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChuteBounty,
+                    request_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.SetChuteBountyRequest.FromString,
+                    response_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.SetChuteBountyResponse.SerializeToString,
+            ),
             'UpsertImage': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertImage,
                     request_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.UpsertImageRequest.FromString,
                     response_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.UpsertImageResponse.SerializeToString,
+            ),
+            'DeleteImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImage,
+                    request_deserializer=gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteImageRequest.FromString,
+                    response_serializer=gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteImageResponse.SerializeToString,
             ),
             'CreateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateJob,
@@ -346,6 +381,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def SetChuteBounty(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.admin.v1.AdminService/SetChuteBounty',
+            gantry_dot_admin_dot_v1_dot_admin__pb2.SetChuteBountyRequest.SerializeToString,
+            gantry_dot_admin_dot_v1_dot_admin__pb2.SetChuteBountyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def UpsertImage(request,
             target,
             options=(),
@@ -362,6 +424,33 @@ class AdminService:
             '/gantry.admin.v1.AdminService/UpsertImage',
             gantry_dot_admin_dot_v1_dot_admin__pb2.UpsertImageRequest.SerializeToString,
             gantry_dot_admin_dot_v1_dot_admin__pb2.UpsertImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.admin.v1.AdminService/DeleteImage',
+            gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteImageRequest.SerializeToString,
+            gantry_dot_admin_dot_v1_dot_admin__pb2.DeleteImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

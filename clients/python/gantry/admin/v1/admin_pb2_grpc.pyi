@@ -38,8 +38,14 @@ class AdminServiceStub:
     """PUT /admin/v1/chutes/{chute_id}: create or replace a chute; its image must exist."""
     DeleteChute: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteChuteRequest, _admin_pb2.DeleteChuteResponse]
     """DELETE /admin/v1/chutes/{chute_id}: remove a chute; NOT_FOUND when unknown."""
+    SetChuteBounty: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetChuteBountyRequest, _admin_pb2.SetChuteBountyResponse]
+    """PUT /admin/v1/chutes/{chute_id}/bounty: offer a bounty for the chute's next instance (0 withdraws it);
+    every miner is told through the bounty_change event.
+    """
     UpsertImage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpsertImageRequest, _admin_pb2.UpsertImageResponse]
     """PUT /admin/v1/images/{image_id}: create or replace an image."""
+    DeleteImage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteImageRequest, _admin_pb2.DeleteImageResponse]
+    """DELETE /admin/v1/images/{image_id}: remove an image; FAILED_PRECONDITION while a chute uses it."""
     CreateJob: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateJobRequest, _admin_pb2.CreateJobResponse]
     """POST /admin/v1/jobs: post an unclaimed job for a chute; miners learn of it through the job_created event."""
     CreateUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateUserRequest, _admin_pb2.CreateUserResponse]
@@ -70,8 +76,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """PUT /admin/v1/chutes/{chute_id}: create or replace a chute; its image must exist."""
     DeleteChute: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteChuteRequest, _admin_pb2.DeleteChuteResponse]  # type: ignore[assignment]
     """DELETE /admin/v1/chutes/{chute_id}: remove a chute; NOT_FOUND when unknown."""
+    SetChuteBounty: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetChuteBountyRequest, _admin_pb2.SetChuteBountyResponse]  # type: ignore[assignment]
+    """PUT /admin/v1/chutes/{chute_id}/bounty: offer a bounty for the chute's next instance (0 withdraws it);
+    every miner is told through the bounty_change event.
+    """
     UpsertImage: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpsertImageRequest, _admin_pb2.UpsertImageResponse]  # type: ignore[assignment]
     """PUT /admin/v1/images/{image_id}: create or replace an image."""
+    DeleteImage: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteImageRequest, _admin_pb2.DeleteImageResponse]  # type: ignore[assignment]
+    """DELETE /admin/v1/images/{image_id}: remove an image; FAILED_PRECONDITION while a chute uses it."""
     CreateJob: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateJobRequest, _admin_pb2.CreateJobResponse]  # type: ignore[assignment]
     """POST /admin/v1/jobs: post an unclaimed job for a chute; miners learn of it through the job_created event."""
     CreateUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateUserRequest, _admin_pb2.CreateUserResponse]  # type: ignore[assignment]
@@ -113,12 +125,30 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """DELETE /admin/v1/chutes/{chute_id}: remove a chute; NOT_FOUND when unknown."""
 
     @_abc_1.abstractmethod
+    def SetChuteBounty(
+        self,
+        request: _admin_pb2.SetChuteBountyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetChuteBountyResponse, _abc.Awaitable[_admin_pb2.SetChuteBountyResponse]]:
+        """PUT /admin/v1/chutes/{chute_id}/bounty: offer a bounty for the chute's next instance (0 withdraws it);
+        every miner is told through the bounty_change event.
+        """
+
+    @_abc_1.abstractmethod
     def UpsertImage(
         self,
         request: _admin_pb2.UpsertImageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.UpsertImageResponse, _abc.Awaitable[_admin_pb2.UpsertImageResponse]]:
         """PUT /admin/v1/images/{image_id}: create or replace an image."""
+
+    @_abc_1.abstractmethod
+    def DeleteImage(
+        self,
+        request: _admin_pb2.DeleteImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteImageResponse, _abc.Awaitable[_admin_pb2.DeleteImageResponse]]:
+        """DELETE /admin/v1/images/{image_id}: remove an image; FAILED_PRECONDITION while a chute uses it."""
 
     @_abc_1.abstractmethod
     def CreateJob(

@@ -100,7 +100,9 @@ Global___Cord: _TypeAlias = Cord  # noqa: Y015
 
 @_typing.final
 class Chute(_message.Message):
-    """One row of GET /miner/chutes/ (all chute columns except code and filename, plus the miner-facing additions)."""
+    """One row of GET /miner/chutes/ (the chute's columns, code and filename included, plus the miner-facing
+    additions).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -144,6 +146,8 @@ class Chute(_message.Message):
     EFFECTIVE_COMPUTE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     COMPUTE_MULTIPLIER_FACTORS_FIELD_NUMBER: _builtins.int
     BOUNTY_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
     chute_id: _builtins.str
     user_id: _builtins.str
     name: _builtins.str
@@ -186,7 +190,11 @@ class Chute(_message.Message):
     effective_compute_multiplier: _builtins.float
     """The multiplier a new instance would start with (before bounty and GPU re-pricing)."""
     bounty: _builtins.int
-    """Bounty currently offered for the chute (from the bounty store); null when there is none."""
+    """Bounty currently offered for the chute (AdminService.SetChuteBounty); null when there is none."""
+    code: _builtins.str
+    """The chute's source; a stock miner mounts it into the pod."""
+    filename: _builtins.str
+    """File name of the source, e.g. "my_chute.py"."""
     @_builtins.property
     def cords(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cord]: ...
     @_builtins.property
@@ -252,10 +260,12 @@ class Chute(_message.Message):
         effective_compute_multiplier: _builtins.float = ...,
         compute_multiplier_factors: _struct_pb2.Struct | None = ...,
         bounty: _builtins.int | None = ...,
+        code: _builtins.str = ...,
+        filename: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_boost", b"_boost", "_bounty", b"_bounty", "_chutes_version", b"_chutes_version", "_concurrency", b"_concurrency", "_discount", b"_discount", "_lock_modules", b"_lock_modules", "_logo_id", b"_logo_id", "_max_instances", b"_max_instances", "_revision", b"_revision", "_scaling_threshold", b"_scaling_threshold", "_shutdown_after_seconds", b"_shutdown_after_seconds", "_slug", b"_slug", "_standard_template", b"_standard_template", "_tool_description", b"_tool_description", "boost", b"boost", "bounty", b"bounty", "chutes_version", b"chutes_version", "compute_multiplier_factors", b"compute_multiplier_factors", "concurrency", b"concurrency", "created_at", b"created_at", "discount", b"discount", "jobs", b"jobs", "lock_modules", b"lock_modules", "logo_id", b"logo_id", "max_instances", b"max_instances", "node_selector", b"node_selector", "revision", b"revision", "scaling_threshold", b"scaling_threshold", "shutdown_after_seconds", b"shutdown_after_seconds", "slug", b"slug", "standard_template", b"standard_template", "tool_description", b"tool_description", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_boost", b"_boost", "_bounty", b"_bounty", "_chutes_version", b"_chutes_version", "_concurrency", b"_concurrency", "_discount", b"_discount", "_lock_modules", b"_lock_modules", "_logo_id", b"_logo_id", "_max_instances", b"_max_instances", "_revision", b"_revision", "_scaling_threshold", b"_scaling_threshold", "_shutdown_after_seconds", b"_shutdown_after_seconds", "_slug", b"_slug", "_standard_template", b"_standard_template", "_tool_description", b"_tool_description", "allow_external_egress", b"allow_external_egress", "boost", b"boost", "bounty", b"bounty", "chute_id", b"chute_id", "chutes_version", b"chutes_version", "compute_multiplier_factors", b"compute_multiplier_factors", "concurrency", b"concurrency", "cords", b"cords", "created_at", b"created_at", "disabled", b"disabled", "discount", b"discount", "effective_compute_multiplier", b"effective_compute_multiplier", "encrypted_fs", b"encrypted_fs", "image", b"image", "image_id", b"image_id", "immutable", b"immutable", "invocation_count", b"invocation_count", "jobs", b"jobs", "lock_modules", b"lock_modules", "logo_id", b"logo_id", "max_instances", b"max_instances", "name", b"name", "node_selector", b"node_selector", "openrouter", b"openrouter", "preemptible", b"preemptible", "public", b"public", "readme", b"readme", "ref_str", b"ref_str", "revision", b"revision", "scaling_threshold", b"scaling_threshold", "shutdown_after_seconds", b"shutdown_after_seconds", "slug", b"slug", "standard_template", b"standard_template", "supported_gpus", b"supported_gpus", "tagline", b"tagline", "tee", b"tee", "tool_description", b"tool_description", "updated_at", b"updated_at", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_boost", b"_boost", "_bounty", b"_bounty", "_chutes_version", b"_chutes_version", "_concurrency", b"_concurrency", "_discount", b"_discount", "_lock_modules", b"_lock_modules", "_logo_id", b"_logo_id", "_max_instances", b"_max_instances", "_revision", b"_revision", "_scaling_threshold", b"_scaling_threshold", "_shutdown_after_seconds", b"_shutdown_after_seconds", "_slug", b"_slug", "_standard_template", b"_standard_template", "_tool_description", b"_tool_description", "allow_external_egress", b"allow_external_egress", "boost", b"boost", "bounty", b"bounty", "chute_id", b"chute_id", "chutes_version", b"chutes_version", "code", b"code", "compute_multiplier_factors", b"compute_multiplier_factors", "concurrency", b"concurrency", "cords", b"cords", "created_at", b"created_at", "disabled", b"disabled", "discount", b"discount", "effective_compute_multiplier", b"effective_compute_multiplier", "encrypted_fs", b"encrypted_fs", "filename", b"filename", "image", b"image", "image_id", b"image_id", "immutable", b"immutable", "invocation_count", b"invocation_count", "jobs", b"jobs", "lock_modules", b"lock_modules", "logo_id", b"logo_id", "max_instances", b"max_instances", "name", b"name", "node_selector", b"node_selector", "openrouter", b"openrouter", "preemptible", b"preemptible", "public", b"public", "readme", b"readme", "ref_str", b"ref_str", "revision", b"revision", "scaling_threshold", b"scaling_threshold", "shutdown_after_seconds", b"shutdown_after_seconds", "slug", b"slug", "standard_template", b"standard_template", "supported_gpus", b"supported_gpus", "tagline", b"tagline", "tee", b"tee", "tool_description", b"tool_description", "updated_at", b"updated_at", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__boost: _TypeAlias = _typing.Literal["boost"]  # noqa: Y015
     _WhichOneofArgType__boost: _TypeAlias = _typing.Literal["_boost", b"_boost"]  # noqa: Y015
@@ -334,6 +344,7 @@ class Image(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     BUILD_STARTED_AT_FIELD_NUMBER: _builtins.int
     BUILD_COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    CHUTES_VERSION_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     user_id: _builtins.str
     username: _builtins.str
@@ -349,6 +360,8 @@ class Image(_message.Message):
     """null or "initial" for the original build."""
     compute_type: _builtins.str
     """"gpu" or "cpu"."""
+    chutes_version: _builtins.str
+    """Version of the chutes SDK the image was built with, e.g. "0.4.9"."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -370,15 +383,18 @@ class Image(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         build_started_at: _timestamp_pb2.Timestamp | None = ...,
         build_completed_at: _timestamp_pb2.Timestamp | None = ...,
+        chutes_version: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_build_completed_at", b"_build_completed_at", "_build_started_at", b"_build_started_at", "_compute_type", b"_compute_type", "_patch_version", b"_patch_version", "build_completed_at", b"build_completed_at", "build_started_at", b"build_started_at", "compute_type", b"compute_type", "created_at", b"created_at", "patch_version", b"patch_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_build_completed_at", b"_build_completed_at", "_build_started_at", b"_build_started_at", "_chutes_version", b"_chutes_version", "_compute_type", b"_compute_type", "_patch_version", b"_patch_version", "build_completed_at", b"build_completed_at", "build_started_at", b"build_started_at", "chutes_version", b"chutes_version", "compute_type", b"compute_type", "created_at", b"created_at", "patch_version", b"patch_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_build_completed_at", b"_build_completed_at", "_build_started_at", b"_build_started_at", "_compute_type", b"_compute_type", "_patch_version", b"_patch_version", "build_completed_at", b"build_completed_at", "build_started_at", b"build_started_at", "compute_type", b"compute_type", "created_at", b"created_at", "image_id", b"image_id", "name", b"name", "patch_version", b"patch_version", "public", b"public", "status", b"status", "tag", b"tag", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_build_completed_at", b"_build_completed_at", "_build_started_at", b"_build_started_at", "_chutes_version", b"_chutes_version", "_compute_type", b"_compute_type", "_patch_version", b"_patch_version", "build_completed_at", b"build_completed_at", "build_started_at", b"build_started_at", "chutes_version", b"chutes_version", "compute_type", b"compute_type", "created_at", b"created_at", "image_id", b"image_id", "name", b"name", "patch_version", b"patch_version", "public", b"public", "status", b"status", "tag", b"tag", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__build_completed_at: _TypeAlias = _typing.Literal["build_completed_at"]  # noqa: Y015
     _WhichOneofArgType__build_completed_at: _TypeAlias = _typing.Literal["_build_completed_at", b"_build_completed_at"]  # noqa: Y015
     _WhichOneofReturnType__build_started_at: _TypeAlias = _typing.Literal["build_started_at"]  # noqa: Y015
     _WhichOneofArgType__build_started_at: _TypeAlias = _typing.Literal["_build_started_at", b"_build_started_at"]  # noqa: Y015
+    _WhichOneofReturnType__chutes_version: _TypeAlias = _typing.Literal["chutes_version"]  # noqa: Y015
+    _WhichOneofArgType__chutes_version: _TypeAlias = _typing.Literal["_chutes_version", b"_chutes_version"]  # noqa: Y015
     _WhichOneofReturnType__compute_type: _TypeAlias = _typing.Literal["compute_type"]  # noqa: Y015
     _WhichOneofArgType__compute_type: _TypeAlias = _typing.Literal["_compute_type", b"_compute_type"]  # noqa: Y015
     _WhichOneofReturnType__patch_version: _TypeAlias = _typing.Literal["patch_version"]  # noqa: Y015
@@ -387,6 +403,8 @@ class Image(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__build_completed_at) -> _WhichOneofReturnType__build_completed_at | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__build_started_at) -> _WhichOneofReturnType__build_started_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__chutes_version) -> _WhichOneofReturnType__chutes_version | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__compute_type) -> _WhichOneofReturnType__compute_type | None: ...
     @_typing.overload
@@ -2136,6 +2154,7 @@ class WatchEventsResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Redis stream id of this event; pass it back as cursor to resume."""
     reason: _builtins.str
@@ -2144,13 +2163,17 @@ class WatchEventsResponse(_message.Message):
     """
     message: _builtins.str
     """Human-readable text; null when the reference sends none."""
+    heartbeat: _builtins.bool
+    """A keep-alive with no event (every other field empty); sent when the stream has been idle for a while, so
+    proxies keep the connection open. Do not take its (empty) cursor.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Event payload (chute_id, miner_hotkey, instance_id, job_id, ... depending on reason)."""
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
-        """When the event was appended."""
+        """When the event was published (committed with the change it announces)."""
 
     def __init__(
         self,
@@ -2160,13 +2183,270 @@ class WatchEventsResponse(_message.Message):
         message: _builtins.str | None = ...,
         data: _struct_pb2.Struct | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        heartbeat: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_message", b"_message", "created_at", b"created_at", "data", b"data", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_message", b"_message", "created_at", b"created_at", "cursor", b"cursor", "data", b"data", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_message", b"_message", "created_at", b"created_at", "cursor", b"cursor", "data", b"data", "heartbeat", b"heartbeat", "message", b"message", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__message: _TypeAlias = _typing.Literal["message"]  # noqa: Y015
     _WhichOneofArgType__message: _TypeAlias = _typing.Literal["_message", b"_message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__message) -> _WhichOneofReturnType__message | None: ...
 
 Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class RollingUpdate(_message.Message):
+    """A chute whose instances are moving from one version to another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUTE_ID_FIELD_NUMBER: _builtins.int
+    CHUTE_NAME_FIELD_NUMBER: _builtins.int
+    OLD_VERSION_FIELD_NUMBER: _builtins.int
+    NEW_VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    INSTANCES_REMAINING_FIELD_NUMBER: _builtins.int
+    chute_id: _builtins.str
+    chute_name: _builtins.str
+    old_version: _builtins.str
+    """The version the remaining old instances run."""
+    new_version: _builtins.str
+    """The chute's current version."""
+    instances_remaining: _builtins.int
+    """Instances still on a version other than new_version."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the chute's version changed."""
+
+    def __init__(
+        self,
+        *,
+        chute_id: _builtins.str = ...,
+        chute_name: _builtins.str = ...,
+        old_version: _builtins.str = ...,
+        new_version: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        instances_remaining: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chute_id", b"chute_id", "chute_name", b"chute_name", "instances_remaining", b"instances_remaining", "new_version", b"new_version", "old_version", b"old_version", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollingUpdate: _TypeAlias = RollingUpdate  # noqa: Y015
+
+@_typing.final
+class ListRollingUpdatesRequest(_message.Message):
+    """GET /chutes/rolling_updates takes no parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRollingUpdatesRequest: _TypeAlias = ListRollingUpdatesRequest  # noqa: Y015
+
+@_typing.final
+class ListRollingUpdatesResponse(_message.Message):
+    """GET /chutes/rolling_updates answers the bare list (response_body "items")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RollingUpdate]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___RollingUpdate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRollingUpdatesResponse: _TypeAlias = ListRollingUpdatesResponse  # noqa: Y015
+
+@_typing.final
+class ChuteUtilization(_message.Message):
+    """One row of GET /chutes/utilization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUTE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCALABLE_FIELD_NUMBER: _builtins.int
+    UPDATE_IN_PROGRESS_FIELD_NUMBER: _builtins.int
+    INSTANCE_COUNT_FIELD_NUMBER: _builtins.int
+    ACTIVE_INSTANCE_COUNT_FIELD_NUMBER: _builtins.int
+    TARGET_COUNT_FIELD_NUMBER: _builtins.int
+    chute_id: _builtins.str
+    name: _builtins.str
+    scalable: _builtins.bool
+    """Another instance of this chute would pass the scaling gates now."""
+    update_in_progress: _builtins.bool
+    """A rolling update is in progress (see ListRollingUpdates)."""
+    instance_count: _builtins.int
+    """Instances of the chute, any state."""
+    active_instance_count: _builtins.int
+    """Active and verified instances."""
+    target_count: _builtins.int
+    """The autoscaler's target, else the chute's max_instances; null when unbounded."""
+    def __init__(
+        self,
+        *,
+        chute_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        scalable: _builtins.bool = ...,
+        update_in_progress: _builtins.bool = ...,
+        instance_count: _builtins.int = ...,
+        active_instance_count: _builtins.int = ...,
+        target_count: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_target_count", b"_target_count", "target_count", b"target_count"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target_count", b"_target_count", "active_instance_count", b"active_instance_count", "chute_id", b"chute_id", "instance_count", b"instance_count", "name", b"name", "scalable", b"scalable", "target_count", b"target_count", "update_in_progress", b"update_in_progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__target_count: _TypeAlias = _typing.Literal["target_count"]  # noqa: Y015
+    _WhichOneofArgType__target_count: _TypeAlias = _typing.Literal["_target_count", b"_target_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target_count) -> _WhichOneofReturnType__target_count | None: ...
+
+Global___ChuteUtilization: _TypeAlias = ChuteUtilization  # noqa: Y015
+
+@_typing.final
+class ListChuteUtilizationRequest(_message.Message):
+    """GET /chutes/utilization takes no parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChuteUtilizationRequest: _TypeAlias = ListChuteUtilizationRequest  # noqa: Y015
+
+@_typing.final
+class ListChuteUtilizationResponse(_message.Message):
+    """GET /chutes/utilization answers the bare list (response_body "items")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChuteUtilization]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ChuteUtilization] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChuteUtilizationResponse: _TypeAlias = ListChuteUtilizationResponse  # noqa: Y015
+
+@_typing.final
+class SupportedGpu(_message.Message):
+    """A GPU model instances may run on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIER_FIELD_NUMBER: _builtins.int
+    HOURLY_RATE_FIELD_NUMBER: _builtins.int
+    COMPUTE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    identifier: _builtins.str
+    """Short reference, e.g. "h100" (nodes.gpu_identifier)."""
+    hourly_rate: _builtins.float
+    """List price in USD per GPU-hour."""
+    compute_multiplier: _builtins.float
+    """hourly_rate / the highest hourly_rate: what an hour on this GPU weighs in scoring."""
+    def __init__(
+        self,
+        *,
+        identifier: _builtins.str = ...,
+        hourly_rate: _builtins.float = ...,
+        compute_multiplier: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_multiplier", b"compute_multiplier", "hourly_rate", b"hourly_rate", "identifier", b"identifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SupportedGpu: _TypeAlias = SupportedGpu  # noqa: Y015
+
+@_typing.final
+class GetSupportedNodesRequest(_message.Message):
+    """GET /nodes/supported takes no parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSupportedNodesRequest: _TypeAlias = GetSupportedNodesRequest  # noqa: Y015
+
+@_typing.final
+class GetSupportedNodesResponse(_message.Message):
+    """GET /nodes/supported answers the object keyed by short reference (response_body "gpus")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class GpusEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___SupportedGpu: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___SupportedGpu | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gpus(self) -> _containers.MessageMap[_builtins.str, Global___SupportedGpu]: ...
+    def __init__(
+        self,
+        *,
+        gpus: _abc.Mapping[_builtins.str, Global___SupportedGpu] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpus", b"gpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSupportedNodesResponse: _TypeAlias = GetSupportedNodesResponse  # noqa: Y015

@@ -119,6 +119,21 @@ class MinerServiceStub:
                 request_serializer=gantry_dot_miner_dot_v1_dot_miner__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=gantry_dot_miner_dot_v1_dot_miner__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.ListRollingUpdates = channel.unary_unary(
+                '/gantry.miner.v1.MinerService/ListRollingUpdates',
+                request_serializer=gantry_dot_miner_dot_v1_dot_miner__pb2.ListRollingUpdatesRequest.SerializeToString,
+                response_deserializer=gantry_dot_miner_dot_v1_dot_miner__pb2.ListRollingUpdatesResponse.FromString,
+                _registered_method=True)
+        self.ListChuteUtilization = channel.unary_unary(
+                '/gantry.miner.v1.MinerService/ListChuteUtilization',
+                request_serializer=gantry_dot_miner_dot_v1_dot_miner__pb2.ListChuteUtilizationRequest.SerializeToString,
+                response_deserializer=gantry_dot_miner_dot_v1_dot_miner__pb2.ListChuteUtilizationResponse.FromString,
+                _registered_method=True)
+        self.GetSupportedNodes = channel.unary_unary(
+                '/gantry.miner.v1.MinerService/GetSupportedNodes',
+                request_serializer=gantry_dot_miner_dot_v1_dot_miner__pb2.GetSupportedNodesRequest.SerializeToString,
+                response_deserializer=gantry_dot_miner_dot_v1_dot_miner__pb2.GetSupportedNodesResponse.FromString,
+                _registered_method=True)
 
 
 class MinerServiceServicer:
@@ -258,6 +273,30 @@ class MinerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRollingUpdates(self, request, context):
+        """GET /chutes/rolling_updates: unauthenticated; chutes whose instances are moving to a new version (a stock
+        miner skips them while reconciling, and cannot start without this list). REST body is the bare list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChuteUtilization(self, request, context):
+        """GET /chutes/utilization: unauthenticated; per chute, whether another instance would be accepted now
+        (scalable) and whether a rolling update is in progress. REST body is the bare list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSupportedNodes(self, request, context):
+        """GET /nodes/supported: unauthenticated; the GPU models instances may run on, keyed by short reference
+        (e.g. "h100"). REST body is that object.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MinerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -345,6 +384,21 @@ def add_MinerServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=gantry_dot_miner_dot_v1_dot_miner__pb2.WatchEventsRequest.FromString,
                     response_serializer=gantry_dot_miner_dot_v1_dot_miner__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'ListRollingUpdates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollingUpdates,
+                    request_deserializer=gantry_dot_miner_dot_v1_dot_miner__pb2.ListRollingUpdatesRequest.FromString,
+                    response_serializer=gantry_dot_miner_dot_v1_dot_miner__pb2.ListRollingUpdatesResponse.SerializeToString,
+            ),
+            'ListChuteUtilization': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChuteUtilization,
+                    request_deserializer=gantry_dot_miner_dot_v1_dot_miner__pb2.ListChuteUtilizationRequest.FromString,
+                    response_serializer=gantry_dot_miner_dot_v1_dot_miner__pb2.ListChuteUtilizationResponse.SerializeToString,
+            ),
+            'GetSupportedNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSupportedNodes,
+                    request_deserializer=gantry_dot_miner_dot_v1_dot_miner__pb2.GetSupportedNodesRequest.FromString,
+                    response_serializer=gantry_dot_miner_dot_v1_dot_miner__pb2.GetSupportedNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -806,6 +860,87 @@ class MinerService:
             '/gantry.miner.v1.MinerService/WatchEvents',
             gantry_dot_miner_dot_v1_dot_miner__pb2.WatchEventsRequest.SerializeToString,
             gantry_dot_miner_dot_v1_dot_miner__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollingUpdates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.miner.v1.MinerService/ListRollingUpdates',
+            gantry_dot_miner_dot_v1_dot_miner__pb2.ListRollingUpdatesRequest.SerializeToString,
+            gantry_dot_miner_dot_v1_dot_miner__pb2.ListRollingUpdatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChuteUtilization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.miner.v1.MinerService/ListChuteUtilization',
+            gantry_dot_miner_dot_v1_dot_miner__pb2.ListChuteUtilizationRequest.SerializeToString,
+            gantry_dot_miner_dot_v1_dot_miner__pb2.ListChuteUtilizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSupportedNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.miner.v1.MinerService/GetSupportedNodes',
+            gantry_dot_miner_dot_v1_dot_miner__pb2.GetSupportedNodesRequest.SerializeToString,
+            gantry_dot_miner_dot_v1_dot_miner__pb2.GetSupportedNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

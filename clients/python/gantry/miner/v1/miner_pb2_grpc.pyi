@@ -98,6 +98,18 @@ class MinerServiceStub:
     bounties) from a Redis Stream. Public events go to everyone; miner-targeted events only to their recipients.
     Resumable: pass the cursor of the last event received.
     """
+    ListRollingUpdates: _grpc.UnaryUnaryMultiCallable[_miner_pb2.ListRollingUpdatesRequest, _miner_pb2.ListRollingUpdatesResponse]
+    """GET /chutes/rolling_updates: unauthenticated; chutes whose instances are moving to a new version (a stock
+    miner skips them while reconciling, and cannot start without this list). REST body is the bare list.
+    """
+    ListChuteUtilization: _grpc.UnaryUnaryMultiCallable[_miner_pb2.ListChuteUtilizationRequest, _miner_pb2.ListChuteUtilizationResponse]
+    """GET /chutes/utilization: unauthenticated; per chute, whether another instance would be accepted now
+    (scalable) and whether a rolling update is in progress. REST body is the bare list.
+    """
+    GetSupportedNodes: _grpc.UnaryUnaryMultiCallable[_miner_pb2.GetSupportedNodesRequest, _miner_pb2.GetSupportedNodesResponse]
+    """GET /nodes/supported: unauthenticated; the GPU models instances may run on, keyed by short reference
+    (e.g. "h100"). REST body is that object.
+    """
 
 @_typing.type_check_only
 class MinerServiceAsyncStub(MinerServiceStub):
@@ -163,6 +175,18 @@ class MinerServiceAsyncStub(MinerServiceStub):
     """GET /miner/events (new, not in the seeds): the event feed for miner agents (jobs, instance changes,
     bounties) from a Redis Stream. Public events go to everyone; miner-targeted events only to their recipients.
     Resumable: pass the cursor of the last event received.
+    """
+    ListRollingUpdates: _aio.UnaryUnaryMultiCallable[_miner_pb2.ListRollingUpdatesRequest, _miner_pb2.ListRollingUpdatesResponse]  # type: ignore[assignment]
+    """GET /chutes/rolling_updates: unauthenticated; chutes whose instances are moving to a new version (a stock
+    miner skips them while reconciling, and cannot start without this list). REST body is the bare list.
+    """
+    ListChuteUtilization: _aio.UnaryUnaryMultiCallable[_miner_pb2.ListChuteUtilizationRequest, _miner_pb2.ListChuteUtilizationResponse]  # type: ignore[assignment]
+    """GET /chutes/utilization: unauthenticated; per chute, whether another instance would be accepted now
+    (scalable) and whether a rolling update is in progress. REST body is the bare list.
+    """
+    GetSupportedNodes: _aio.UnaryUnaryMultiCallable[_miner_pb2.GetSupportedNodesRequest, _miner_pb2.GetSupportedNodesResponse]  # type: ignore[assignment]
+    """GET /nodes/supported: unauthenticated; the GPU models instances may run on, keyed by short reference
+    (e.g. "h100"). REST body is that object.
     """
 
 class MinerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -328,6 +352,36 @@ class MinerServiceServicer(metaclass=_abc_1.ABCMeta):
         """GET /miner/events (new, not in the seeds): the event feed for miner agents (jobs, instance changes,
         bounties) from a Redis Stream. Public events go to everyone; miner-targeted events only to their recipients.
         Resumable: pass the cursor of the last event received.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRollingUpdates(
+        self,
+        request: _miner_pb2.ListRollingUpdatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_miner_pb2.ListRollingUpdatesResponse, _abc.Awaitable[_miner_pb2.ListRollingUpdatesResponse]]:
+        """GET /chutes/rolling_updates: unauthenticated; chutes whose instances are moving to a new version (a stock
+        miner skips them while reconciling, and cannot start without this list). REST body is the bare list.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChuteUtilization(
+        self,
+        request: _miner_pb2.ListChuteUtilizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_miner_pb2.ListChuteUtilizationResponse, _abc.Awaitable[_miner_pb2.ListChuteUtilizationResponse]]:
+        """GET /chutes/utilization: unauthenticated; per chute, whether another instance would be accepted now
+        (scalable) and whether a rolling update is in progress. REST body is the bare list.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSupportedNodes(
+        self,
+        request: _miner_pb2.GetSupportedNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_miner_pb2.GetSupportedNodesResponse, _abc.Awaitable[_miner_pb2.GetSupportedNodesResponse]]:
+        """GET /nodes/supported: unauthenticated; the GPU models instances may run on, keyed by short reference
+        (e.g. "h100"). REST body is that object.
         """
 
 def add_MinerServiceServicer_to_server(servicer: MinerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -59,7 +59,11 @@ type UpsertChuteRequest struct {
 	Preemptible          bool   `protobuf:"varint,20,opt,name=preemptible,proto3" json:"preemptible,omitempty"`
 	MaxInstances         *int32 `protobuf:"varint,21,opt,name=max_instances,json=maxInstances,proto3,oneof" json:"max_instances,omitempty"`
 	// Job definitions declared by the chute code (free-form list).
-	Jobs          *structpb.ListValue `protobuf:"bytes,22,opt,name=jobs,proto3" json:"jobs,omitempty"`
+	Jobs *structpb.ListValue `protobuf:"bytes,22,opt,name=jobs,proto3" json:"jobs,omitempty"`
+	// "{module}:{variable}" the chute runs; absent: "{filename without .py}:chute".
+	RefStr *string `protobuf:"bytes,23,opt,name=ref_str,json=refStr,proto3,oneof" json:"ref_str,omitempty"`
+	// HTTP methods the chute exposes (free-form list of cords); a chute with jobs and no cords is job-only.
+	Cords         *structpb.ListValue `protobuf:"bytes,24,opt,name=cords,proto3" json:"cords,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -248,6 +252,20 @@ func (x *UpsertChuteRequest) GetJobs() *structpb.ListValue {
 	return nil
 }
 
+func (x *UpsertChuteRequest) GetRefStr() string {
+	if x != nil && x.RefStr != nil {
+		return *x.RefStr
+	}
+	return ""
+}
+
+func (x *UpsertChuteRequest) GetCords() *structpb.ListValue {
+	if x != nil {
+		return x.Cords
+	}
+	return nil
+}
+
 // Result of PUT /admin/v1/chutes/{chute_id}.
 type UpsertChuteResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -384,6 +402,196 @@ func (*DeleteChuteResponse) Descriptor() ([]byte, []int) {
 	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
+// Path and body of PUT /admin/v1/chutes/{chute_id}/bounty.
+type SetChuteBountyRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ChuteId string                 `protobuf:"bytes,1,opt,name=chute_id,json=chuteId,proto3" json:"chute_id,omitempty"`
+	// The bounty, 0..1000000; 0 withdraws it.
+	Bounty        int32 `protobuf:"varint,2,opt,name=bounty,proto3" json:"bounty,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetChuteBountyRequest) Reset() {
+	*x = SetChuteBountyRequest{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetChuteBountyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetChuteBountyRequest) ProtoMessage() {}
+
+func (x *SetChuteBountyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetChuteBountyRequest.ProtoReflect.Descriptor instead.
+func (*SetChuteBountyRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SetChuteBountyRequest) GetChuteId() string {
+	if x != nil {
+		return x.ChuteId
+	}
+	return ""
+}
+
+func (x *SetChuteBountyRequest) GetBounty() int32 {
+	if x != nil {
+		return x.Bounty
+	}
+	return 0
+}
+
+// Result of PUT /admin/v1/chutes/{chute_id}/bounty.
+type SetChuteBountyResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ChuteId string                 `protobuf:"bytes,1,opt,name=chute_id,json=chuteId,proto3" json:"chute_id,omitempty"`
+	// The bounty now offered; absent when withdrawn.
+	Bounty        *int32 `protobuf:"varint,2,opt,name=bounty,proto3,oneof" json:"bounty,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetChuteBountyResponse) Reset() {
+	*x = SetChuteBountyResponse{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetChuteBountyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetChuteBountyResponse) ProtoMessage() {}
+
+func (x *SetChuteBountyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetChuteBountyResponse.ProtoReflect.Descriptor instead.
+func (*SetChuteBountyResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SetChuteBountyResponse) GetChuteId() string {
+	if x != nil {
+		return x.ChuteId
+	}
+	return ""
+}
+
+func (x *SetChuteBountyResponse) GetBounty() int32 {
+	if x != nil && x.Bounty != nil {
+		return *x.Bounty
+	}
+	return 0
+}
+
+// Path of DELETE /admin/v1/images/{image_id}.
+type DeleteImageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ImageId       string                 `protobuf:"bytes,1,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteImageRequest) Reset() {
+	*x = DeleteImageRequest{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteImageRequest) ProtoMessage() {}
+
+func (x *DeleteImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteImageRequest.ProtoReflect.Descriptor instead.
+func (*DeleteImageRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DeleteImageRequest) GetImageId() string {
+	if x != nil {
+		return x.ImageId
+	}
+	return ""
+}
+
+// Empty result of DELETE /admin/v1/images/{image_id}.
+type DeleteImageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteImageResponse) Reset() {
+	*x = DeleteImageResponse{}
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteImageResponse) ProtoMessage() {}
+
+func (x *DeleteImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteImageResponse.ProtoReflect.Descriptor instead.
+func (*DeleteImageResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
 // Path and body of PUT /admin/v1/images/{image_id} (the images row).
 type UpsertImageRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -395,14 +603,16 @@ type UpsertImageRequest struct {
 	// Appended as "-<patch_version>" to the tag unless absent or "initial".
 	PatchVersion *string `protobuf:"bytes,5,opt,name=patch_version,json=patchVersion,proto3,oneof" json:"patch_version,omitempty"`
 	// "gpu" or "cpu".
-	ComputeType   string `protobuf:"bytes,6,opt,name=compute_type,json=computeType,proto3" json:"compute_type,omitempty"`
+	ComputeType string `protobuf:"bytes,6,opt,name=compute_type,json=computeType,proto3" json:"compute_type,omitempty"`
+	// Version of the chutes SDK the image was built with, e.g. "0.4.9" (miners read it from image rows).
+	ChutesVersion *string `protobuf:"bytes,7,opt,name=chutes_version,json=chutesVersion,proto3,oneof" json:"chutes_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpsertImageRequest) Reset() {
 	*x = UpsertImageRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +624,7 @@ func (x *UpsertImageRequest) String() string {
 func (*UpsertImageRequest) ProtoMessage() {}
 
 func (x *UpsertImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +637,7 @@ func (x *UpsertImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertImageRequest.ProtoReflect.Descriptor instead.
 func (*UpsertImageRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UpsertImageRequest) GetImageId() string {
@@ -472,6 +682,13 @@ func (x *UpsertImageRequest) GetComputeType() string {
 	return ""
 }
 
+func (x *UpsertImageRequest) GetChutesVersion() string {
+	if x != nil && x.ChutesVersion != nil {
+		return *x.ChutesVersion
+	}
+	return ""
+}
+
 // Result of PUT /admin/v1/images/{image_id}.
 type UpsertImageResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -484,7 +701,7 @@ type UpsertImageResponse struct {
 
 func (x *UpsertImageResponse) Reset() {
 	*x = UpsertImageResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +713,7 @@ func (x *UpsertImageResponse) String() string {
 func (*UpsertImageResponse) ProtoMessage() {}
 
 func (x *UpsertImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +726,7 @@ func (x *UpsertImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertImageResponse.ProtoReflect.Descriptor instead.
 func (*UpsertImageResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpsertImageResponse) GetImageId() string {
@@ -540,7 +757,7 @@ type JobPort struct {
 
 func (x *JobPort) Reset() {
 	*x = JobPort{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +769,7 @@ func (x *JobPort) String() string {
 func (*JobPort) ProtoMessage() {}
 
 func (x *JobPort) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +782,7 @@ func (x *JobPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobPort.ProtoReflect.Descriptor instead.
 func (*JobPort) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobPort) GetName() string {
@@ -610,7 +827,7 @@ type CreateJobRequest struct {
 
 func (x *CreateJobRequest) Reset() {
 	*x = CreateJobRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +839,7 @@ func (x *CreateJobRequest) String() string {
 func (*CreateJobRequest) ProtoMessage() {}
 
 func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +852,7 @@ func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobRequest.ProtoReflect.Descriptor instead.
 func (*CreateJobRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateJobRequest) GetJobId() string {
@@ -697,7 +914,7 @@ type CreateJobResponse struct {
 
 func (x *CreateJobResponse) Reset() {
 	*x = CreateJobResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +926,7 @@ func (x *CreateJobResponse) String() string {
 func (*CreateJobResponse) ProtoMessage() {}
 
 func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +939,7 @@ func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobResponse.ProtoReflect.Descriptor instead.
 func (*CreateJobResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateJobResponse) GetJobId() string {
@@ -748,7 +965,7 @@ type CreateUserRequest struct {
 
 func (x *CreateUserRequest) Reset() {
 	*x = CreateUserRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +977,7 @@ func (x *CreateUserRequest) String() string {
 func (*CreateUserRequest) ProtoMessage() {}
 
 func (x *CreateUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +990,7 @@ func (x *CreateUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateUserRequest.ProtoReflect.Descriptor instead.
 func (*CreateUserRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateUserRequest) GetUsername() string {
@@ -814,7 +1031,7 @@ type CreateUserResponse struct {
 
 func (x *CreateUserResponse) Reset() {
 	*x = CreateUserResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +1043,7 @@ func (x *CreateUserResponse) String() string {
 func (*CreateUserResponse) ProtoMessage() {}
 
 func (x *CreateUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +1056,7 @@ func (x *CreateUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateUserResponse.ProtoReflect.Descriptor instead.
 func (*CreateUserResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateUserResponse) GetUserId() string {
@@ -861,7 +1078,7 @@ type CreateApiKeyRequest struct {
 
 func (x *CreateApiKeyRequest) Reset() {
 	*x = CreateApiKeyRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1090,7 @@ func (x *CreateApiKeyRequest) String() string {
 func (*CreateApiKeyRequest) ProtoMessage() {}
 
 func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1103,7 @@ func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateApiKeyRequest) GetUserId() string {
@@ -916,7 +1133,7 @@ type CreateApiKeyResponse struct {
 
 func (x *CreateApiKeyResponse) Reset() {
 	*x = CreateApiKeyResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1145,7 @@ func (x *CreateApiKeyResponse) String() string {
 func (*CreateApiKeyResponse) ProtoMessage() {}
 
 func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1158,7 @@ func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyResponse.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateApiKeyResponse) GetApiKeyId() string {
@@ -975,7 +1192,7 @@ type RevokeApiKeyRequest struct {
 
 func (x *RevokeApiKeyRequest) Reset() {
 	*x = RevokeApiKeyRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1204,7 @@ func (x *RevokeApiKeyRequest) String() string {
 func (*RevokeApiKeyRequest) ProtoMessage() {}
 
 func (x *RevokeApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1217,7 @@ func (x *RevokeApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeApiKeyRequest) GetApiKeyId() string {
@@ -1019,7 +1236,7 @@ type RevokeApiKeyResponse struct {
 
 func (x *RevokeApiKeyResponse) Reset() {
 	*x = RevokeApiKeyResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1248,7 @@ func (x *RevokeApiKeyResponse) String() string {
 func (*RevokeApiKeyResponse) ProtoMessage() {}
 
 func (x *RevokeApiKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1261,7 @@ func (x *RevokeApiKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeApiKeyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeApiKeyResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 // Path and body of POST /admin/v1/users/{user_id}/tokens.
@@ -1061,7 +1278,7 @@ type CreateUserTokenRequest struct {
 
 func (x *CreateUserTokenRequest) Reset() {
 	*x = CreateUserTokenRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1290,7 @@ func (x *CreateUserTokenRequest) String() string {
 func (*CreateUserTokenRequest) ProtoMessage() {}
 
 func (x *CreateUserTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1303,7 @@ func (x *CreateUserTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateUserTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateUserTokenRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateUserTokenRequest) GetUserId() string {
@@ -1125,7 +1342,7 @@ type CreateUserTokenResponse struct {
 
 func (x *CreateUserTokenResponse) Reset() {
 	*x = CreateUserTokenResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1354,7 @@ func (x *CreateUserTokenResponse) String() string {
 func (*CreateUserTokenResponse) ProtoMessage() {}
 
 func (x *CreateUserTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1367,7 @@ func (x *CreateUserTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateUserTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateUserTokenResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateUserTokenResponse) GetTokenId() string {
@@ -1191,7 +1408,7 @@ type RevokeUserTokenRequest struct {
 
 func (x *RevokeUserTokenRequest) Reset() {
 	*x = RevokeUserTokenRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1420,7 @@ func (x *RevokeUserTokenRequest) String() string {
 func (*RevokeUserTokenRequest) ProtoMessage() {}
 
 func (x *RevokeUserTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1433,7 @@ func (x *RevokeUserTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUserTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeUserTokenRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeUserTokenRequest) GetTokenId() string {
@@ -1235,7 +1452,7 @@ type RevokeUserTokenResponse struct {
 
 func (x *RevokeUserTokenResponse) Reset() {
 	*x = RevokeUserTokenResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1464,7 @@ func (x *RevokeUserTokenResponse) String() string {
 func (*RevokeUserTokenResponse) ProtoMessage() {}
 
 func (x *RevokeUserTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1477,7 @@ func (x *RevokeUserTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUserTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeUserTokenResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 // Body of POST /admin/v1/secrets/rotate.
@@ -1274,7 +1491,7 @@ type RotateKeysRequest struct {
 
 func (x *RotateKeysRequest) Reset() {
 	*x = RotateKeysRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1503,7 @@ func (x *RotateKeysRequest) String() string {
 func (*RotateKeysRequest) ProtoMessage() {}
 
 func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1516,7 @@ func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RotateKeysRequest) GetBatchSize() int32 {
@@ -1330,7 +1547,7 @@ type EncryptedColumnRotation struct {
 
 func (x *EncryptedColumnRotation) Reset() {
 	*x = EncryptedColumnRotation{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1559,7 @@ func (x *EncryptedColumnRotation) String() string {
 func (*EncryptedColumnRotation) ProtoMessage() {}
 
 func (x *EncryptedColumnRotation) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1572,7 @@ func (x *EncryptedColumnRotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptedColumnRotation.ProtoReflect.Descriptor instead.
 func (*EncryptedColumnRotation) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EncryptedColumnRotation) GetColumn() string {
@@ -1412,7 +1629,7 @@ type RotateKeysResponse struct {
 
 func (x *RotateKeysResponse) Reset() {
 	*x = RotateKeysResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1641,7 @@ func (x *RotateKeysResponse) String() string {
 func (*RotateKeysResponse) ProtoMessage() {}
 
 func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1654,7 @@ func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RotateKeysResponse) GetActiveKeyId() string {
@@ -1487,7 +1704,7 @@ type MetagraphNode struct {
 
 func (x *MetagraphNode) Reset() {
 	*x = MetagraphNode{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1716,7 @@ func (x *MetagraphNode) String() string {
 func (*MetagraphNode) ProtoMessage() {}
 
 func (x *MetagraphNode) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1729,7 @@ func (x *MetagraphNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetagraphNode.ProtoReflect.Descriptor instead.
 func (*MetagraphNode) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MetagraphNode) GetHotkey() string {
@@ -1644,7 +1861,7 @@ type UpsertMetagraphNodesRequest struct {
 
 func (x *UpsertMetagraphNodesRequest) Reset() {
 	*x = UpsertMetagraphNodesRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1873,7 @@ func (x *UpsertMetagraphNodesRequest) String() string {
 func (*UpsertMetagraphNodesRequest) ProtoMessage() {}
 
 func (x *UpsertMetagraphNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1886,7 @@ func (x *UpsertMetagraphNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertMetagraphNodesRequest.ProtoReflect.Descriptor instead.
 func (*UpsertMetagraphNodesRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpsertMetagraphNodesRequest) GetNodes() []*MetagraphNode {
@@ -1690,7 +1907,7 @@ type UpsertMetagraphNodesResponse struct {
 
 func (x *UpsertMetagraphNodesResponse) Reset() {
 	*x = UpsertMetagraphNodesResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1919,7 @@ func (x *UpsertMetagraphNodesResponse) String() string {
 func (*UpsertMetagraphNodesResponse) ProtoMessage() {}
 
 func (x *UpsertMetagraphNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1932,7 @@ func (x *UpsertMetagraphNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertMetagraphNodesResponse.ProtoReflect.Descriptor instead.
 func (*UpsertMetagraphNodesResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpsertMetagraphNodesResponse) GetUpserted() int32 {
@@ -1737,7 +1954,7 @@ type SetBlacklistRequest struct {
 
 func (x *SetBlacklistRequest) Reset() {
 	*x = SetBlacklistRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1966,7 @@ func (x *SetBlacklistRequest) String() string {
 func (*SetBlacklistRequest) ProtoMessage() {}
 
 func (x *SetBlacklistRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1979,7 @@ func (x *SetBlacklistRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetBlacklistRequest.ProtoReflect.Descriptor instead.
 func (*SetBlacklistRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetBlacklistRequest) GetHotkey() string {
@@ -1791,7 +2008,7 @@ type SetBlacklistResponse struct {
 
 func (x *SetBlacklistResponse) Reset() {
 	*x = SetBlacklistResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2020,7 @@ func (x *SetBlacklistResponse) String() string {
 func (*SetBlacklistResponse) ProtoMessage() {}
 
 func (x *SetBlacklistResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2033,7 @@ func (x *SetBlacklistResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetBlacklistResponse.ProtoReflect.Descriptor instead.
 func (*SetBlacklistResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetBlacklistResponse) GetHotkey() string {
@@ -1855,7 +2072,7 @@ type MeasurementPolicy struct {
 
 func (x *MeasurementPolicy) Reset() {
 	*x = MeasurementPolicy{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2084,7 @@ func (x *MeasurementPolicy) String() string {
 func (*MeasurementPolicy) ProtoMessage() {}
 
 func (x *MeasurementPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2097,7 @@ func (x *MeasurementPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasurementPolicy.ProtoReflect.Descriptor instead.
 func (*MeasurementPolicy) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MeasurementPolicy) GetVersion() string {
@@ -1948,7 +2165,7 @@ type PutMeasurementPolicyRequest struct {
 
 func (x *PutMeasurementPolicyRequest) Reset() {
 	*x = PutMeasurementPolicyRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2177,7 @@ func (x *PutMeasurementPolicyRequest) String() string {
 func (*PutMeasurementPolicyRequest) ProtoMessage() {}
 
 func (x *PutMeasurementPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2190,7 @@ func (x *PutMeasurementPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutMeasurementPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutMeasurementPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PutMeasurementPolicyRequest) GetVersion() string {
@@ -2037,7 +2254,7 @@ type PutMeasurementPolicyResponse struct {
 
 func (x *PutMeasurementPolicyResponse) Reset() {
 	*x = PutMeasurementPolicyResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2266,7 @@ func (x *PutMeasurementPolicyResponse) String() string {
 func (*PutMeasurementPolicyResponse) ProtoMessage() {}
 
 func (x *PutMeasurementPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2279,7 @@ func (x *PutMeasurementPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutMeasurementPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutMeasurementPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PutMeasurementPolicyResponse) GetPolicy() *MeasurementPolicy {
@@ -2088,7 +2305,7 @@ type ListMeasurementPoliciesRequest struct {
 
 func (x *ListMeasurementPoliciesRequest) Reset() {
 	*x = ListMeasurementPoliciesRequest{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2317,7 @@ func (x *ListMeasurementPoliciesRequest) String() string {
 func (*ListMeasurementPoliciesRequest) ProtoMessage() {}
 
 func (x *ListMeasurementPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2330,7 @@ func (x *ListMeasurementPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMeasurementPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListMeasurementPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 // Result of GET /admin/v1/measurements.
@@ -2126,7 +2343,7 @@ type ListMeasurementPoliciesResponse struct {
 
 func (x *ListMeasurementPoliciesResponse) Reset() {
 	*x = ListMeasurementPoliciesResponse{}
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2355,7 @@ func (x *ListMeasurementPoliciesResponse) String() string {
 func (*ListMeasurementPoliciesResponse) ProtoMessage() {}
 
 func (x *ListMeasurementPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_gantry_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2368,7 @@ func (x *ListMeasurementPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMeasurementPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListMeasurementPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_gantry_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListMeasurementPoliciesResponse) GetPolicies() []*MeasurementPolicy {
@@ -2165,7 +2382,7 @@ var File_gantry_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_gantry_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1bgantry/admin/v1/admin.proto\x12\x0fgantry.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\a\n" +
+	"\x1bgantry/admin/v1/admin.proto\x12\x0fgantry.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\a\n" +
 	"\x12UpsertChuteRequest\x12\x19\n" +
 	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
@@ -2189,28 +2406,44 @@ const file_gantry_admin_v1_admin_proto_rawDesc = "" +
 	"\fencrypted_fs\x18\x13 \x01(\bR\vencryptedFs\x12 \n" +
 	"\vpreemptible\x18\x14 \x01(\bR\vpreemptible\x12(\n" +
 	"\rmax_instances\x18\x15 \x01(\x05H\x06R\fmaxInstances\x88\x01\x01\x12.\n" +
-	"\x04jobs\x18\x16 \x01(\v2\x1a.google.protobuf.ListValueR\x04jobsB\x11\n" +
+	"\x04jobs\x18\x16 \x01(\v2\x1a.google.protobuf.ListValueR\x04jobs\x12\x1c\n" +
+	"\aref_str\x18\x17 \x01(\tH\aR\x06refStr\x88\x01\x01\x120\n" +
+	"\x05cords\x18\x18 \x01(\v2\x1a.google.protobuf.ListValueR\x05cordsB\x11\n" +
 	"\x0f_chutes_versionB\b\n" +
 	"\x06_boostB\x0f\n" +
 	"\r_lock_modulesB\x14\n" +
 	"\x12_standard_templateB\x19\n" +
 	"\x17_shutdown_after_secondsB\x0e\n" +
 	"\f_concurrencyB\x10\n" +
-	"\x0e_max_instances\"J\n" +
+	"\x0e_max_instancesB\n" +
+	"\n" +
+	"\b_ref_str\"J\n" +
 	"\x13UpsertChuteResponse\x12\x19\n" +
 	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\"/\n" +
 	"\x12DeleteChuteRequest\x12\x19\n" +
 	"\bchute_id\x18\x01 \x01(\tR\achuteId\"\x15\n" +
-	"\x13DeleteChuteResponse\"\xcd\x01\n" +
+	"\x13DeleteChuteResponse\"J\n" +
+	"\x15SetChuteBountyRequest\x12\x19\n" +
+	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x16\n" +
+	"\x06bounty\x18\x02 \x01(\x05R\x06bounty\"[\n" +
+	"\x16SetChuteBountyResponse\x12\x19\n" +
+	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x1b\n" +
+	"\x06bounty\x18\x02 \x01(\x05H\x00R\x06bounty\x88\x01\x01B\t\n" +
+	"\a_bounty\"/\n" +
+	"\x12DeleteImageRequest\x12\x19\n" +
+	"\bimage_id\x18\x01 \x01(\tR\aimageId\"\x15\n" +
+	"\x13DeleteImageResponse\"\x8c\x02\n" +
 	"\x12UpsertImageRequest\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x10\n" +
 	"\x03tag\x18\x04 \x01(\tR\x03tag\x12(\n" +
 	"\rpatch_version\x18\x05 \x01(\tH\x00R\fpatchVersion\x88\x01\x01\x12!\n" +
-	"\fcompute_type\x18\x06 \x01(\tR\vcomputeTypeB\x10\n" +
-	"\x0e_patch_version\"J\n" +
+	"\fcompute_type\x18\x06 \x01(\tR\vcomputeType\x12*\n" +
+	"\x0echutes_version\x18\a \x01(\tH\x01R\rchutesVersion\x88\x01\x01B\x10\n" +
+	"\x0e_patch_versionB\x11\n" +
+	"\x0f_chutes_version\"J\n" +
 	"\x13UpsertImageResponse\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\"G\n" +
@@ -2345,11 +2578,13 @@ const file_gantry_admin_v1_admin_proto_rawDesc = "" +
 	"\acreated\x18\x02 \x01(\bR\acreated\" \n" +
 	"\x1eListMeasurementPoliciesRequest\"a\n" +
 	"\x1fListMeasurementPoliciesResponse\x12>\n" +
-	"\bpolicies\x18\x01 \x03(\v2\".gantry.admin.v1.MeasurementPolicyR\bpolicies2\x9c\x0f\n" +
+	"\bpolicies\x18\x01 \x03(\v2\".gantry.admin.v1.MeasurementPolicyR\bpolicies2\xae\x11\n" +
 	"\fAdminService\x12\x80\x01\n" +
 	"\vUpsertChute\x12#.gantry.admin.v1.UpsertChuteRequest\x1a$.gantry.admin.v1.UpsertChuteResponse\"&\x82\xd3\xe4\x93\x02 :\x01*\x1a\x1b/admin/v1/chutes/{chute_id}\x12}\n" +
-	"\vDeleteChute\x12#.gantry.admin.v1.DeleteChuteRequest\x1a$.gantry.admin.v1.DeleteChuteResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/admin/v1/chutes/{chute_id}\x12\x80\x01\n" +
-	"\vUpsertImage\x12#.gantry.admin.v1.UpsertImageRequest\x1a$.gantry.admin.v1.UpsertImageResponse\"&\x82\xd3\xe4\x93\x02 :\x01*\x1a\x1b/admin/v1/images/{image_id}\x12m\n" +
+	"\vDeleteChute\x12#.gantry.admin.v1.DeleteChuteRequest\x1a$.gantry.admin.v1.DeleteChuteResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/admin/v1/chutes/{chute_id}\x12\x90\x01\n" +
+	"\x0eSetChuteBounty\x12&.gantry.admin.v1.SetChuteBountyRequest\x1a'.gantry.admin.v1.SetChuteBountyResponse\"-\x82\xd3\xe4\x93\x02':\x01*\x1a\"/admin/v1/chutes/{chute_id}/bounty\x12\x80\x01\n" +
+	"\vUpsertImage\x12#.gantry.admin.v1.UpsertImageRequest\x1a$.gantry.admin.v1.UpsertImageResponse\"&\x82\xd3\xe4\x93\x02 :\x01*\x1a\x1b/admin/v1/images/{image_id}\x12}\n" +
+	"\vDeleteImage\x12#.gantry.admin.v1.DeleteImageRequest\x1a$.gantry.admin.v1.DeleteImageResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/admin/v1/images/{image_id}\x12m\n" +
 	"\tCreateJob\x12!.gantry.admin.v1.CreateJobRequest\x1a\".gantry.admin.v1.CreateJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/admin/v1/jobs\x12q\n" +
 	"\n" +
 	"CreateUser\x12\".gantry.admin.v1.CreateUserRequest\x1a#.gantry.admin.v1.CreateUserResponse\"\x1a\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/admin/v1/users\x12\x8a\x01\n" +
@@ -2376,89 +2611,98 @@ func file_gantry_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_gantry_admin_v1_admin_proto_rawDescData
 }
 
-var file_gantry_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_gantry_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_gantry_admin_v1_admin_proto_goTypes = []any{
 	(*UpsertChuteRequest)(nil),              // 0: gantry.admin.v1.UpsertChuteRequest
 	(*UpsertChuteResponse)(nil),             // 1: gantry.admin.v1.UpsertChuteResponse
 	(*DeleteChuteRequest)(nil),              // 2: gantry.admin.v1.DeleteChuteRequest
 	(*DeleteChuteResponse)(nil),             // 3: gantry.admin.v1.DeleteChuteResponse
-	(*UpsertImageRequest)(nil),              // 4: gantry.admin.v1.UpsertImageRequest
-	(*UpsertImageResponse)(nil),             // 5: gantry.admin.v1.UpsertImageResponse
-	(*JobPort)(nil),                         // 6: gantry.admin.v1.JobPort
-	(*CreateJobRequest)(nil),                // 7: gantry.admin.v1.CreateJobRequest
-	(*CreateJobResponse)(nil),               // 8: gantry.admin.v1.CreateJobResponse
-	(*CreateUserRequest)(nil),               // 9: gantry.admin.v1.CreateUserRequest
-	(*CreateUserResponse)(nil),              // 10: gantry.admin.v1.CreateUserResponse
-	(*CreateApiKeyRequest)(nil),             // 11: gantry.admin.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),            // 12: gantry.admin.v1.CreateApiKeyResponse
-	(*RevokeApiKeyRequest)(nil),             // 13: gantry.admin.v1.RevokeApiKeyRequest
-	(*RevokeApiKeyResponse)(nil),            // 14: gantry.admin.v1.RevokeApiKeyResponse
-	(*CreateUserTokenRequest)(nil),          // 15: gantry.admin.v1.CreateUserTokenRequest
-	(*CreateUserTokenResponse)(nil),         // 16: gantry.admin.v1.CreateUserTokenResponse
-	(*RevokeUserTokenRequest)(nil),          // 17: gantry.admin.v1.RevokeUserTokenRequest
-	(*RevokeUserTokenResponse)(nil),         // 18: gantry.admin.v1.RevokeUserTokenResponse
-	(*RotateKeysRequest)(nil),               // 19: gantry.admin.v1.RotateKeysRequest
-	(*EncryptedColumnRotation)(nil),         // 20: gantry.admin.v1.EncryptedColumnRotation
-	(*RotateKeysResponse)(nil),              // 21: gantry.admin.v1.RotateKeysResponse
-	(*MetagraphNode)(nil),                   // 22: gantry.admin.v1.MetagraphNode
-	(*UpsertMetagraphNodesRequest)(nil),     // 23: gantry.admin.v1.UpsertMetagraphNodesRequest
-	(*UpsertMetagraphNodesResponse)(nil),    // 24: gantry.admin.v1.UpsertMetagraphNodesResponse
-	(*SetBlacklistRequest)(nil),             // 25: gantry.admin.v1.SetBlacklistRequest
-	(*SetBlacklistResponse)(nil),            // 26: gantry.admin.v1.SetBlacklistResponse
-	(*MeasurementPolicy)(nil),               // 27: gantry.admin.v1.MeasurementPolicy
-	(*PutMeasurementPolicyRequest)(nil),     // 28: gantry.admin.v1.PutMeasurementPolicyRequest
-	(*PutMeasurementPolicyResponse)(nil),    // 29: gantry.admin.v1.PutMeasurementPolicyResponse
-	(*ListMeasurementPoliciesRequest)(nil),  // 30: gantry.admin.v1.ListMeasurementPoliciesRequest
-	(*ListMeasurementPoliciesResponse)(nil), // 31: gantry.admin.v1.ListMeasurementPoliciesResponse
-	(*structpb.Struct)(nil),                 // 32: google.protobuf.Struct
-	(*structpb.ListValue)(nil),              // 33: google.protobuf.ListValue
-	(*timestamppb.Timestamp)(nil),           // 34: google.protobuf.Timestamp
+	(*SetChuteBountyRequest)(nil),           // 4: gantry.admin.v1.SetChuteBountyRequest
+	(*SetChuteBountyResponse)(nil),          // 5: gantry.admin.v1.SetChuteBountyResponse
+	(*DeleteImageRequest)(nil),              // 6: gantry.admin.v1.DeleteImageRequest
+	(*DeleteImageResponse)(nil),             // 7: gantry.admin.v1.DeleteImageResponse
+	(*UpsertImageRequest)(nil),              // 8: gantry.admin.v1.UpsertImageRequest
+	(*UpsertImageResponse)(nil),             // 9: gantry.admin.v1.UpsertImageResponse
+	(*JobPort)(nil),                         // 10: gantry.admin.v1.JobPort
+	(*CreateJobRequest)(nil),                // 11: gantry.admin.v1.CreateJobRequest
+	(*CreateJobResponse)(nil),               // 12: gantry.admin.v1.CreateJobResponse
+	(*CreateUserRequest)(nil),               // 13: gantry.admin.v1.CreateUserRequest
+	(*CreateUserResponse)(nil),              // 14: gantry.admin.v1.CreateUserResponse
+	(*CreateApiKeyRequest)(nil),             // 15: gantry.admin.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),            // 16: gantry.admin.v1.CreateApiKeyResponse
+	(*RevokeApiKeyRequest)(nil),             // 17: gantry.admin.v1.RevokeApiKeyRequest
+	(*RevokeApiKeyResponse)(nil),            // 18: gantry.admin.v1.RevokeApiKeyResponse
+	(*CreateUserTokenRequest)(nil),          // 19: gantry.admin.v1.CreateUserTokenRequest
+	(*CreateUserTokenResponse)(nil),         // 20: gantry.admin.v1.CreateUserTokenResponse
+	(*RevokeUserTokenRequest)(nil),          // 21: gantry.admin.v1.RevokeUserTokenRequest
+	(*RevokeUserTokenResponse)(nil),         // 22: gantry.admin.v1.RevokeUserTokenResponse
+	(*RotateKeysRequest)(nil),               // 23: gantry.admin.v1.RotateKeysRequest
+	(*EncryptedColumnRotation)(nil),         // 24: gantry.admin.v1.EncryptedColumnRotation
+	(*RotateKeysResponse)(nil),              // 25: gantry.admin.v1.RotateKeysResponse
+	(*MetagraphNode)(nil),                   // 26: gantry.admin.v1.MetagraphNode
+	(*UpsertMetagraphNodesRequest)(nil),     // 27: gantry.admin.v1.UpsertMetagraphNodesRequest
+	(*UpsertMetagraphNodesResponse)(nil),    // 28: gantry.admin.v1.UpsertMetagraphNodesResponse
+	(*SetBlacklistRequest)(nil),             // 29: gantry.admin.v1.SetBlacklistRequest
+	(*SetBlacklistResponse)(nil),            // 30: gantry.admin.v1.SetBlacklistResponse
+	(*MeasurementPolicy)(nil),               // 31: gantry.admin.v1.MeasurementPolicy
+	(*PutMeasurementPolicyRequest)(nil),     // 32: gantry.admin.v1.PutMeasurementPolicyRequest
+	(*PutMeasurementPolicyResponse)(nil),    // 33: gantry.admin.v1.PutMeasurementPolicyResponse
+	(*ListMeasurementPoliciesRequest)(nil),  // 34: gantry.admin.v1.ListMeasurementPoliciesRequest
+	(*ListMeasurementPoliciesResponse)(nil), // 35: gantry.admin.v1.ListMeasurementPoliciesResponse
+	(*structpb.Struct)(nil),                 // 36: google.protobuf.Struct
+	(*structpb.ListValue)(nil),              // 37: google.protobuf.ListValue
+	(*timestamppb.Timestamp)(nil),           // 38: google.protobuf.Timestamp
 }
 var file_gantry_admin_v1_admin_proto_depIdxs = []int32{
-	32, // 0: gantry.admin.v1.UpsertChuteRequest.node_selector:type_name -> google.protobuf.Struct
-	33, // 1: gantry.admin.v1.UpsertChuteRequest.jobs:type_name -> google.protobuf.ListValue
-	32, // 2: gantry.admin.v1.CreateJobRequest.job_args:type_name -> google.protobuf.Struct
-	6,  // 3: gantry.admin.v1.CreateJobRequest.ports:type_name -> gantry.admin.v1.JobPort
-	34, // 4: gantry.admin.v1.CreateApiKeyResponse.created_at:type_name -> google.protobuf.Timestamp
-	34, // 5: gantry.admin.v1.CreateUserTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
-	34, // 6: gantry.admin.v1.CreateUserTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 7: gantry.admin.v1.RotateKeysResponse.columns:type_name -> gantry.admin.v1.EncryptedColumnRotation
-	22, // 8: gantry.admin.v1.UpsertMetagraphNodesRequest.nodes:type_name -> gantry.admin.v1.MetagraphNode
-	27, // 9: gantry.admin.v1.PutMeasurementPolicyResponse.policy:type_name -> gantry.admin.v1.MeasurementPolicy
-	27, // 10: gantry.admin.v1.ListMeasurementPoliciesResponse.policies:type_name -> gantry.admin.v1.MeasurementPolicy
-	0,  // 11: gantry.admin.v1.AdminService.UpsertChute:input_type -> gantry.admin.v1.UpsertChuteRequest
-	2,  // 12: gantry.admin.v1.AdminService.DeleteChute:input_type -> gantry.admin.v1.DeleteChuteRequest
-	4,  // 13: gantry.admin.v1.AdminService.UpsertImage:input_type -> gantry.admin.v1.UpsertImageRequest
-	7,  // 14: gantry.admin.v1.AdminService.CreateJob:input_type -> gantry.admin.v1.CreateJobRequest
-	9,  // 15: gantry.admin.v1.AdminService.CreateUser:input_type -> gantry.admin.v1.CreateUserRequest
-	11, // 16: gantry.admin.v1.AdminService.CreateApiKey:input_type -> gantry.admin.v1.CreateApiKeyRequest
-	13, // 17: gantry.admin.v1.AdminService.RevokeApiKey:input_type -> gantry.admin.v1.RevokeApiKeyRequest
-	15, // 18: gantry.admin.v1.AdminService.CreateUserToken:input_type -> gantry.admin.v1.CreateUserTokenRequest
-	17, // 19: gantry.admin.v1.AdminService.RevokeUserToken:input_type -> gantry.admin.v1.RevokeUserTokenRequest
-	19, // 20: gantry.admin.v1.AdminService.RotateKeys:input_type -> gantry.admin.v1.RotateKeysRequest
-	23, // 21: gantry.admin.v1.AdminService.UpsertMetagraphNodes:input_type -> gantry.admin.v1.UpsertMetagraphNodesRequest
-	25, // 22: gantry.admin.v1.AdminService.SetBlacklist:input_type -> gantry.admin.v1.SetBlacklistRequest
-	28, // 23: gantry.admin.v1.AdminService.PutMeasurementPolicy:input_type -> gantry.admin.v1.PutMeasurementPolicyRequest
-	30, // 24: gantry.admin.v1.AdminService.ListMeasurementPolicies:input_type -> gantry.admin.v1.ListMeasurementPoliciesRequest
-	1,  // 25: gantry.admin.v1.AdminService.UpsertChute:output_type -> gantry.admin.v1.UpsertChuteResponse
-	3,  // 26: gantry.admin.v1.AdminService.DeleteChute:output_type -> gantry.admin.v1.DeleteChuteResponse
-	5,  // 27: gantry.admin.v1.AdminService.UpsertImage:output_type -> gantry.admin.v1.UpsertImageResponse
-	8,  // 28: gantry.admin.v1.AdminService.CreateJob:output_type -> gantry.admin.v1.CreateJobResponse
-	10, // 29: gantry.admin.v1.AdminService.CreateUser:output_type -> gantry.admin.v1.CreateUserResponse
-	12, // 30: gantry.admin.v1.AdminService.CreateApiKey:output_type -> gantry.admin.v1.CreateApiKeyResponse
-	14, // 31: gantry.admin.v1.AdminService.RevokeApiKey:output_type -> gantry.admin.v1.RevokeApiKeyResponse
-	16, // 32: gantry.admin.v1.AdminService.CreateUserToken:output_type -> gantry.admin.v1.CreateUserTokenResponse
-	18, // 33: gantry.admin.v1.AdminService.RevokeUserToken:output_type -> gantry.admin.v1.RevokeUserTokenResponse
-	21, // 34: gantry.admin.v1.AdminService.RotateKeys:output_type -> gantry.admin.v1.RotateKeysResponse
-	24, // 35: gantry.admin.v1.AdminService.UpsertMetagraphNodes:output_type -> gantry.admin.v1.UpsertMetagraphNodesResponse
-	26, // 36: gantry.admin.v1.AdminService.SetBlacklist:output_type -> gantry.admin.v1.SetBlacklistResponse
-	29, // 37: gantry.admin.v1.AdminService.PutMeasurementPolicy:output_type -> gantry.admin.v1.PutMeasurementPolicyResponse
-	31, // 38: gantry.admin.v1.AdminService.ListMeasurementPolicies:output_type -> gantry.admin.v1.ListMeasurementPoliciesResponse
-	25, // [25:39] is the sub-list for method output_type
-	11, // [11:25] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	36, // 0: gantry.admin.v1.UpsertChuteRequest.node_selector:type_name -> google.protobuf.Struct
+	37, // 1: gantry.admin.v1.UpsertChuteRequest.jobs:type_name -> google.protobuf.ListValue
+	37, // 2: gantry.admin.v1.UpsertChuteRequest.cords:type_name -> google.protobuf.ListValue
+	36, // 3: gantry.admin.v1.CreateJobRequest.job_args:type_name -> google.protobuf.Struct
+	10, // 4: gantry.admin.v1.CreateJobRequest.ports:type_name -> gantry.admin.v1.JobPort
+	38, // 5: gantry.admin.v1.CreateApiKeyResponse.created_at:type_name -> google.protobuf.Timestamp
+	38, // 6: gantry.admin.v1.CreateUserTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
+	38, // 7: gantry.admin.v1.CreateUserTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 8: gantry.admin.v1.RotateKeysResponse.columns:type_name -> gantry.admin.v1.EncryptedColumnRotation
+	26, // 9: gantry.admin.v1.UpsertMetagraphNodesRequest.nodes:type_name -> gantry.admin.v1.MetagraphNode
+	31, // 10: gantry.admin.v1.PutMeasurementPolicyResponse.policy:type_name -> gantry.admin.v1.MeasurementPolicy
+	31, // 11: gantry.admin.v1.ListMeasurementPoliciesResponse.policies:type_name -> gantry.admin.v1.MeasurementPolicy
+	0,  // 12: gantry.admin.v1.AdminService.UpsertChute:input_type -> gantry.admin.v1.UpsertChuteRequest
+	2,  // 13: gantry.admin.v1.AdminService.DeleteChute:input_type -> gantry.admin.v1.DeleteChuteRequest
+	4,  // 14: gantry.admin.v1.AdminService.SetChuteBounty:input_type -> gantry.admin.v1.SetChuteBountyRequest
+	8,  // 15: gantry.admin.v1.AdminService.UpsertImage:input_type -> gantry.admin.v1.UpsertImageRequest
+	6,  // 16: gantry.admin.v1.AdminService.DeleteImage:input_type -> gantry.admin.v1.DeleteImageRequest
+	11, // 17: gantry.admin.v1.AdminService.CreateJob:input_type -> gantry.admin.v1.CreateJobRequest
+	13, // 18: gantry.admin.v1.AdminService.CreateUser:input_type -> gantry.admin.v1.CreateUserRequest
+	15, // 19: gantry.admin.v1.AdminService.CreateApiKey:input_type -> gantry.admin.v1.CreateApiKeyRequest
+	17, // 20: gantry.admin.v1.AdminService.RevokeApiKey:input_type -> gantry.admin.v1.RevokeApiKeyRequest
+	19, // 21: gantry.admin.v1.AdminService.CreateUserToken:input_type -> gantry.admin.v1.CreateUserTokenRequest
+	21, // 22: gantry.admin.v1.AdminService.RevokeUserToken:input_type -> gantry.admin.v1.RevokeUserTokenRequest
+	23, // 23: gantry.admin.v1.AdminService.RotateKeys:input_type -> gantry.admin.v1.RotateKeysRequest
+	27, // 24: gantry.admin.v1.AdminService.UpsertMetagraphNodes:input_type -> gantry.admin.v1.UpsertMetagraphNodesRequest
+	29, // 25: gantry.admin.v1.AdminService.SetBlacklist:input_type -> gantry.admin.v1.SetBlacklistRequest
+	32, // 26: gantry.admin.v1.AdminService.PutMeasurementPolicy:input_type -> gantry.admin.v1.PutMeasurementPolicyRequest
+	34, // 27: gantry.admin.v1.AdminService.ListMeasurementPolicies:input_type -> gantry.admin.v1.ListMeasurementPoliciesRequest
+	1,  // 28: gantry.admin.v1.AdminService.UpsertChute:output_type -> gantry.admin.v1.UpsertChuteResponse
+	3,  // 29: gantry.admin.v1.AdminService.DeleteChute:output_type -> gantry.admin.v1.DeleteChuteResponse
+	5,  // 30: gantry.admin.v1.AdminService.SetChuteBounty:output_type -> gantry.admin.v1.SetChuteBountyResponse
+	9,  // 31: gantry.admin.v1.AdminService.UpsertImage:output_type -> gantry.admin.v1.UpsertImageResponse
+	7,  // 32: gantry.admin.v1.AdminService.DeleteImage:output_type -> gantry.admin.v1.DeleteImageResponse
+	12, // 33: gantry.admin.v1.AdminService.CreateJob:output_type -> gantry.admin.v1.CreateJobResponse
+	14, // 34: gantry.admin.v1.AdminService.CreateUser:output_type -> gantry.admin.v1.CreateUserResponse
+	16, // 35: gantry.admin.v1.AdminService.CreateApiKey:output_type -> gantry.admin.v1.CreateApiKeyResponse
+	18, // 36: gantry.admin.v1.AdminService.RevokeApiKey:output_type -> gantry.admin.v1.RevokeApiKeyResponse
+	20, // 37: gantry.admin.v1.AdminService.CreateUserToken:output_type -> gantry.admin.v1.CreateUserTokenResponse
+	22, // 38: gantry.admin.v1.AdminService.RevokeUserToken:output_type -> gantry.admin.v1.RevokeUserTokenResponse
+	25, // 39: gantry.admin.v1.AdminService.RotateKeys:output_type -> gantry.admin.v1.RotateKeysResponse
+	28, // 40: gantry.admin.v1.AdminService.UpsertMetagraphNodes:output_type -> gantry.admin.v1.UpsertMetagraphNodesResponse
+	30, // 41: gantry.admin.v1.AdminService.SetBlacklist:output_type -> gantry.admin.v1.SetBlacklistResponse
+	33, // 42: gantry.admin.v1.AdminService.PutMeasurementPolicy:output_type -> gantry.admin.v1.PutMeasurementPolicyResponse
+	35, // 43: gantry.admin.v1.AdminService.ListMeasurementPolicies:output_type -> gantry.admin.v1.ListMeasurementPoliciesResponse
+	28, // [28:44] is the sub-list for method output_type
+	12, // [12:28] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_gantry_admin_v1_admin_proto_init() }
@@ -2467,22 +2711,23 @@ func file_gantry_admin_v1_admin_proto_init() {
 		return
 	}
 	file_gantry_admin_v1_admin_proto_msgTypes[0].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[4].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[7].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[15].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[5].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[8].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[11].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[13].OneofWrappers = []any{}
 	file_gantry_admin_v1_admin_proto_msgTypes[19].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[22].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[23].OneofWrappers = []any{}
 	file_gantry_admin_v1_admin_proto_msgTypes[26].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[27].OneofWrappers = []any{}
-	file_gantry_admin_v1_admin_proto_msgTypes[28].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[30].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[31].OneofWrappers = []any{}
+	file_gantry_admin_v1_admin_proto_msgTypes[32].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_admin_v1_admin_proto_rawDesc), len(file_gantry_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,7 +25,9 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	AdminService_UpsertChute_FullMethodName             = "/gantry.admin.v1.AdminService/UpsertChute"
 	AdminService_DeleteChute_FullMethodName             = "/gantry.admin.v1.AdminService/DeleteChute"
+	AdminService_SetChuteBounty_FullMethodName          = "/gantry.admin.v1.AdminService/SetChuteBounty"
 	AdminService_UpsertImage_FullMethodName             = "/gantry.admin.v1.AdminService/UpsertImage"
+	AdminService_DeleteImage_FullMethodName             = "/gantry.admin.v1.AdminService/DeleteImage"
 	AdminService_CreateJob_FullMethodName               = "/gantry.admin.v1.AdminService/CreateJob"
 	AdminService_CreateUser_FullMethodName              = "/gantry.admin.v1.AdminService/CreateUser"
 	AdminService_CreateApiKey_FullMethodName            = "/gantry.admin.v1.AdminService/CreateApiKey"
@@ -47,8 +49,13 @@ type AdminServiceClient interface {
 	UpsertChute(ctx context.Context, in *UpsertChuteRequest, opts ...grpc.CallOption) (*UpsertChuteResponse, error)
 	// DELETE /admin/v1/chutes/{chute_id}: remove a chute; NOT_FOUND when unknown.
 	DeleteChute(ctx context.Context, in *DeleteChuteRequest, opts ...grpc.CallOption) (*DeleteChuteResponse, error)
+	// PUT /admin/v1/chutes/{chute_id}/bounty: offer a bounty for the chute's next instance (0 withdraws it);
+	// every miner is told through the bounty_change event.
+	SetChuteBounty(ctx context.Context, in *SetChuteBountyRequest, opts ...grpc.CallOption) (*SetChuteBountyResponse, error)
 	// PUT /admin/v1/images/{image_id}: create or replace an image.
 	UpsertImage(ctx context.Context, in *UpsertImageRequest, opts ...grpc.CallOption) (*UpsertImageResponse, error)
+	// DELETE /admin/v1/images/{image_id}: remove an image; FAILED_PRECONDITION while a chute uses it.
+	DeleteImage(ctx context.Context, in *DeleteImageRequest, opts ...grpc.CallOption) (*DeleteImageResponse, error)
 	// POST /admin/v1/jobs: post an unclaimed job for a chute; miners learn of it through the job_created event.
 	CreateJob(ctx context.Context, in *CreateJobRequest, opts ...grpc.CallOption) (*CreateJobResponse, error)
 	// POST /admin/v1/users: create a user (chute owner, job payer, evidence/log reader).
@@ -101,10 +108,30 @@ func (c *adminServiceClient) DeleteChute(ctx context.Context, in *DeleteChuteReq
 	return out, nil
 }
 
+func (c *adminServiceClient) SetChuteBounty(ctx context.Context, in *SetChuteBountyRequest, opts ...grpc.CallOption) (*SetChuteBountyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetChuteBountyResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetChuteBounty_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) UpsertImage(ctx context.Context, in *UpsertImageRequest, opts ...grpc.CallOption) (*UpsertImageResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(UpsertImageResponse)
 	err := c.cc.Invoke(ctx, AdminService_UpsertImage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteImage(ctx context.Context, in *DeleteImageRequest, opts ...grpc.CallOption) (*DeleteImageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteImageResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteImage_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -229,8 +256,13 @@ type AdminServiceServer interface {
 	UpsertChute(context.Context, *UpsertChuteRequest) (*UpsertChuteResponse, error)
 	// DELETE /admin/v1/chutes/{chute_id}: remove a chute; NOT_FOUND when unknown.
 	DeleteChute(context.Context, *DeleteChuteRequest) (*DeleteChuteResponse, error)
+	// PUT /admin/v1/chutes/{chute_id}/bounty: offer a bounty for the chute's next instance (0 withdraws it);
+	// every miner is told through the bounty_change event.
+	SetChuteBounty(context.Context, *SetChuteBountyRequest) (*SetChuteBountyResponse, error)
 	// PUT /admin/v1/images/{image_id}: create or replace an image.
 	UpsertImage(context.Context, *UpsertImageRequest) (*UpsertImageResponse, error)
+	// DELETE /admin/v1/images/{image_id}: remove an image; FAILED_PRECONDITION while a chute uses it.
+	DeleteImage(context.Context, *DeleteImageRequest) (*DeleteImageResponse, error)
 	// POST /admin/v1/jobs: post an unclaimed job for a chute; miners learn of it through the job_created event.
 	CreateJob(context.Context, *CreateJobRequest) (*CreateJobResponse, error)
 	// POST /admin/v1/users: create a user (chute owner, job payer, evidence/log reader).
@@ -269,8 +301,14 @@ func (UnimplementedAdminServiceServer) UpsertChute(context.Context, *UpsertChute
 func (UnimplementedAdminServiceServer) DeleteChute(context.Context, *DeleteChuteRequest) (*DeleteChuteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteChute not implemented")
 }
+func (UnimplementedAdminServiceServer) SetChuteBounty(context.Context, *SetChuteBountyRequest) (*SetChuteBountyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetChuteBounty not implemented")
+}
 func (UnimplementedAdminServiceServer) UpsertImage(context.Context, *UpsertImageRequest) (*UpsertImageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpsertImage not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteImage(context.Context, *DeleteImageRequest) (*DeleteImageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteImage not implemented")
 }
 func (UnimplementedAdminServiceServer) CreateJob(context.Context, *CreateJobRequest) (*CreateJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateJob not implemented")
@@ -362,6 +400,24 @@ func _AdminService_DeleteChute_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_SetChuteBounty_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetChuteBountyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetChuteBounty(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetChuteBounty_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetChuteBounty(ctx, req.(*SetChuteBountyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_UpsertImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpsertImageRequest)
 	if err := dec(in); err != nil {
@@ -376,6 +432,24 @@ func _AdminService_UpsertImage_Handler(srv interface{}, ctx context.Context, dec
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).UpsertImage(ctx, req.(*UpsertImageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteImage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteImage(ctx, req.(*DeleteImageRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -594,8 +668,16 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_DeleteChute_Handler,
 		},
 		{
+			MethodName: "SetChuteBounty",
+			Handler:    _AdminService_SetChuteBounty_Handler,
+		},
+		{
 			MethodName: "UpsertImage",
 			Handler:    _AdminService_UpsertImage_Handler,
+		},
+		{
+			MethodName: "DeleteImage",
+			Handler:    _AdminService_DeleteImage_Handler,
 		},
 		{
 			MethodName: "CreateJob",

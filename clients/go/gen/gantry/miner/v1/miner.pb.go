@@ -161,7 +161,8 @@ func (x *Cord) GetMinimalInputSchema() *structpb.Struct {
 	return nil
 }
 
-// One row of GET /miner/chutes/ (all chute columns except code and filename, plus the miner-facing additions).
+// One row of GET /miner/chutes/ (the chute's columns, code and filename included, plus the miner-facing
+// additions).
 type Chute struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	ChuteId         string                 `protobuf:"bytes,1,opt,name=chute_id,json=chuteId,proto3" json:"chute_id,omitempty"`
@@ -215,8 +216,12 @@ type Chute struct {
 	EffectiveComputeMultiplier float64 `protobuf:"fixed64,38,opt,name=effective_compute_multiplier,json=effectiveComputeMultiplier,proto3" json:"effective_compute_multiplier,omitempty"`
 	// Named factors behind effective_compute_multiplier (free-form JSON).
 	ComputeMultiplierFactors *structpb.Struct `protobuf:"bytes,39,opt,name=compute_multiplier_factors,json=computeMultiplierFactors,proto3" json:"compute_multiplier_factors,omitempty"`
-	// Bounty currently offered for the chute (from the bounty store); null when there is none.
-	Bounty        *int32 `protobuf:"varint,40,opt,name=bounty,proto3,oneof" json:"bounty,omitempty"`
+	// Bounty currently offered for the chute (AdminService.SetChuteBounty); null when there is none.
+	Bounty *int32 `protobuf:"varint,40,opt,name=bounty,proto3,oneof" json:"bounty,omitempty"`
+	// The chute's source; a stock miner mounts it into the pod.
+	Code string `protobuf:"bytes,41,opt,name=code,proto3" json:"code,omitempty"`
+	// File name of the source, e.g. "my_chute.py".
+	Filename      string `protobuf:"bytes,42,opt,name=filename,proto3" json:"filename,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -531,6 +536,20 @@ func (x *Chute) GetBounty() int32 {
 	return 0
 }
 
+func (x *Chute) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *Chute) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
 // One row of GET /miner/images/.
 type Image struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -552,8 +571,10 @@ type Image struct {
 	CreatedAt        *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	BuildStartedAt   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=build_started_at,json=buildStartedAt,proto3,oneof" json:"build_started_at,omitempty"`
 	BuildCompletedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=build_completed_at,json=buildCompletedAt,proto3,oneof" json:"build_completed_at,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Version of the chutes SDK the image was built with, e.g. "0.4.9".
+	ChutesVersion *string `protobuf:"bytes,13,opt,name=chutes_version,json=chutesVersion,proto3,oneof" json:"chutes_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Image) Reset() {
@@ -668,6 +689,13 @@ func (x *Image) GetBuildCompletedAt() *timestamppb.Timestamp {
 		return x.BuildCompletedAt
 	}
 	return nil
+}
+
+func (x *Image) GetChutesVersion() string {
+	if x != nil && x.ChutesVersion != nil {
+		return *x.ChutesVersion
+	}
+	return ""
 }
 
 // One row of GET /miner/nodes/: a tracked GPU of the caller.
@@ -3948,8 +3976,11 @@ type WatchEventsResponse struct {
 	Message *string `protobuf:"bytes,3,opt,name=message,proto3,oneof" json:"message,omitempty"`
 	// Event payload (chute_id, miner_hotkey, instance_id, job_id, ... depending on reason).
 	Data *structpb.Struct `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
-	// When the event was appended.
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When the event was published (committed with the change it announces).
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// A keep-alive with no event (every other field empty); sent when the stream has been idle for a while, so
+	// proxies keep the connection open. Do not take its (empty) cursor.
+	Heartbeat     bool `protobuf:"varint,6,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4019,6 +4050,510 @@ func (x *WatchEventsResponse) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *WatchEventsResponse) GetHeartbeat() bool {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return false
+}
+
+// A chute whose instances are moving from one version to another.
+type RollingUpdate struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChuteId   string                 `protobuf:"bytes,1,opt,name=chute_id,json=chuteId,proto3" json:"chute_id,omitempty"`
+	ChuteName string                 `protobuf:"bytes,2,opt,name=chute_name,json=chuteName,proto3" json:"chute_name,omitempty"`
+	// The version the remaining old instances run.
+	OldVersion string `protobuf:"bytes,3,opt,name=old_version,json=oldVersion,proto3" json:"old_version,omitempty"`
+	// The chute's current version.
+	NewVersion string `protobuf:"bytes,4,opt,name=new_version,json=newVersion,proto3" json:"new_version,omitempty"`
+	// When the chute's version changed.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// Instances still on a version other than new_version.
+	InstancesRemaining int32 `protobuf:"varint,6,opt,name=instances_remaining,json=instancesRemaining,proto3" json:"instances_remaining,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *RollingUpdate) Reset() {
+	*x = RollingUpdate{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollingUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollingUpdate) ProtoMessage() {}
+
+func (x *RollingUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollingUpdate.ProtoReflect.Descriptor instead.
+func (*RollingUpdate) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *RollingUpdate) GetChuteId() string {
+	if x != nil {
+		return x.ChuteId
+	}
+	return ""
+}
+
+func (x *RollingUpdate) GetChuteName() string {
+	if x != nil {
+		return x.ChuteName
+	}
+	return ""
+}
+
+func (x *RollingUpdate) GetOldVersion() string {
+	if x != nil {
+		return x.OldVersion
+	}
+	return ""
+}
+
+func (x *RollingUpdate) GetNewVersion() string {
+	if x != nil {
+		return x.NewVersion
+	}
+	return ""
+}
+
+func (x *RollingUpdate) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *RollingUpdate) GetInstancesRemaining() int32 {
+	if x != nil {
+		return x.InstancesRemaining
+	}
+	return 0
+}
+
+// GET /chutes/rolling_updates takes no parameters.
+type ListRollingUpdatesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRollingUpdatesRequest) Reset() {
+	*x = ListRollingUpdatesRequest{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRollingUpdatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRollingUpdatesRequest) ProtoMessage() {}
+
+func (x *ListRollingUpdatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRollingUpdatesRequest.ProtoReflect.Descriptor instead.
+func (*ListRollingUpdatesRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{53}
+}
+
+// GET /chutes/rolling_updates answers the bare list (response_body "items").
+type ListRollingUpdatesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*RollingUpdate       `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRollingUpdatesResponse) Reset() {
+	*x = ListRollingUpdatesResponse{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRollingUpdatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRollingUpdatesResponse) ProtoMessage() {}
+
+func (x *ListRollingUpdatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRollingUpdatesResponse.ProtoReflect.Descriptor instead.
+func (*ListRollingUpdatesResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *ListRollingUpdatesResponse) GetItems() []*RollingUpdate {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// One row of GET /chutes/utilization.
+type ChuteUtilization struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ChuteId string                 `protobuf:"bytes,1,opt,name=chute_id,json=chuteId,proto3" json:"chute_id,omitempty"`
+	Name    string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Another instance of this chute would pass the scaling gates now.
+	Scalable bool `protobuf:"varint,3,opt,name=scalable,proto3" json:"scalable,omitempty"`
+	// A rolling update is in progress (see ListRollingUpdates).
+	UpdateInProgress bool `protobuf:"varint,4,opt,name=update_in_progress,json=updateInProgress,proto3" json:"update_in_progress,omitempty"`
+	// Instances of the chute, any state.
+	InstanceCount int32 `protobuf:"varint,5,opt,name=instance_count,json=instanceCount,proto3" json:"instance_count,omitempty"`
+	// Active and verified instances.
+	ActiveInstanceCount int32 `protobuf:"varint,6,opt,name=active_instance_count,json=activeInstanceCount,proto3" json:"active_instance_count,omitempty"`
+	// The autoscaler's target, else the chute's max_instances; null when unbounded.
+	TargetCount   *int32 `protobuf:"varint,7,opt,name=target_count,json=targetCount,proto3,oneof" json:"target_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChuteUtilization) Reset() {
+	*x = ChuteUtilization{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChuteUtilization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChuteUtilization) ProtoMessage() {}
+
+func (x *ChuteUtilization) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChuteUtilization.ProtoReflect.Descriptor instead.
+func (*ChuteUtilization) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ChuteUtilization) GetChuteId() string {
+	if x != nil {
+		return x.ChuteId
+	}
+	return ""
+}
+
+func (x *ChuteUtilization) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ChuteUtilization) GetScalable() bool {
+	if x != nil {
+		return x.Scalable
+	}
+	return false
+}
+
+func (x *ChuteUtilization) GetUpdateInProgress() bool {
+	if x != nil {
+		return x.UpdateInProgress
+	}
+	return false
+}
+
+func (x *ChuteUtilization) GetInstanceCount() int32 {
+	if x != nil {
+		return x.InstanceCount
+	}
+	return 0
+}
+
+func (x *ChuteUtilization) GetActiveInstanceCount() int32 {
+	if x != nil {
+		return x.ActiveInstanceCount
+	}
+	return 0
+}
+
+func (x *ChuteUtilization) GetTargetCount() int32 {
+	if x != nil && x.TargetCount != nil {
+		return *x.TargetCount
+	}
+	return 0
+}
+
+// GET /chutes/utilization takes no parameters.
+type ListChuteUtilizationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListChuteUtilizationRequest) Reset() {
+	*x = ListChuteUtilizationRequest{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListChuteUtilizationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListChuteUtilizationRequest) ProtoMessage() {}
+
+func (x *ListChuteUtilizationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListChuteUtilizationRequest.ProtoReflect.Descriptor instead.
+func (*ListChuteUtilizationRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{56}
+}
+
+// GET /chutes/utilization answers the bare list (response_body "items").
+type ListChuteUtilizationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*ChuteUtilization    `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListChuteUtilizationResponse) Reset() {
+	*x = ListChuteUtilizationResponse{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListChuteUtilizationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListChuteUtilizationResponse) ProtoMessage() {}
+
+func (x *ListChuteUtilizationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListChuteUtilizationResponse.ProtoReflect.Descriptor instead.
+func (*ListChuteUtilizationResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *ListChuteUtilizationResponse) GetItems() []*ChuteUtilization {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// A GPU model instances may run on.
+type SupportedGpu struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Short reference, e.g. "h100" (nodes.gpu_identifier).
+	Identifier string `protobuf:"bytes,1,opt,name=identifier,proto3" json:"identifier,omitempty"`
+	// List price in USD per GPU-hour.
+	HourlyRate float64 `protobuf:"fixed64,2,opt,name=hourly_rate,json=hourlyRate,proto3" json:"hourly_rate,omitempty"`
+	// hourly_rate / the highest hourly_rate: what an hour on this GPU weighs in scoring.
+	ComputeMultiplier float64 `protobuf:"fixed64,3,opt,name=compute_multiplier,json=computeMultiplier,proto3" json:"compute_multiplier,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *SupportedGpu) Reset() {
+	*x = SupportedGpu{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SupportedGpu) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SupportedGpu) ProtoMessage() {}
+
+func (x *SupportedGpu) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SupportedGpu.ProtoReflect.Descriptor instead.
+func (*SupportedGpu) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *SupportedGpu) GetIdentifier() string {
+	if x != nil {
+		return x.Identifier
+	}
+	return ""
+}
+
+func (x *SupportedGpu) GetHourlyRate() float64 {
+	if x != nil {
+		return x.HourlyRate
+	}
+	return 0
+}
+
+func (x *SupportedGpu) GetComputeMultiplier() float64 {
+	if x != nil {
+		return x.ComputeMultiplier
+	}
+	return 0
+}
+
+// GET /nodes/supported takes no parameters.
+type GetSupportedNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSupportedNodesRequest) Reset() {
+	*x = GetSupportedNodesRequest{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSupportedNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSupportedNodesRequest) ProtoMessage() {}
+
+func (x *GetSupportedNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSupportedNodesRequest.ProtoReflect.Descriptor instead.
+func (*GetSupportedNodesRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{59}
+}
+
+// GET /nodes/supported answers the object keyed by short reference (response_body "gpus").
+type GetSupportedNodesResponse struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Gpus          map[string]*SupportedGpu `protobuf:"bytes,1,rep,name=gpus,proto3" json:"gpus,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSupportedNodesResponse) Reset() {
+	*x = GetSupportedNodesResponse{}
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSupportedNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSupportedNodesResponse) ProtoMessage() {}
+
+func (x *GetSupportedNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_miner_v1_miner_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSupportedNodesResponse.ProtoReflect.Descriptor instead.
+func (*GetSupportedNodesResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_miner_v1_miner_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *GetSupportedNodesResponse) GetGpus() map[string]*SupportedGpu {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
 var File_gantry_miner_v1_miner_proto protoreflect.FileDescriptor
 
 const file_gantry_miner_v1_miner_proto_rawDesc = "" +
@@ -4039,7 +4574,7 @@ const file_gantry_miner_v1_miner_proto_rawDesc = "" +
 	"\x14minimal_input_schema\x18\v \x01(\v2\x17.google.protobuf.StructR\x12minimalInputSchemaB\x12\n" +
 	"\x10_public_api_pathB\x14\n" +
 	"\x12_public_api_methodB\x16\n" +
-	"\x14_output_content_type\"\xe5\r\n" +
+	"\x14_output_content_type\"\x95\x0e\n" +
 	"\x05Chute\x12\x19\n" +
 	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
@@ -4086,7 +4621,9 @@ const file_gantry_miner_v1_miner_proto_rawDesc = "" +
 	"\vpreemptible\x18% \x01(\bR\vpreemptible\x12@\n" +
 	"\x1ceffective_compute_multiplier\x18& \x01(\x01R\x1aeffectiveComputeMultiplier\x12U\n" +
 	"\x1acompute_multiplier_factors\x18' \x01(\v2\x17.google.protobuf.StructR\x18computeMultiplierFactors\x12\x1b\n" +
-	"\x06bounty\x18( \x01(\x05H\rR\x06bounty\x88\x01\x01B\x13\n" +
+	"\x06bounty\x18( \x01(\x05H\rR\x06bounty\x88\x01\x01\x12\x12\n" +
+	"\x04code\x18) \x01(\tR\x04code\x12\x1a\n" +
+	"\bfilename\x18* \x01(\tR\bfilenameB\x13\n" +
 	"\x11_tool_descriptionB\n" +
 	"\n" +
 	"\b_logo_idB\x14\n" +
@@ -4101,7 +4638,7 @@ const file_gantry_miner_v1_miner_proto_rawDesc = "" +
 	"\x12_scaling_thresholdB\x19\n" +
 	"\x17_shutdown_after_secondsB\x0f\n" +
 	"\r_lock_modulesB\t\n" +
-	"\a_bounty\"\xa3\x04\n" +
+	"\a_bounty\"\xe2\x04\n" +
 	"\x05Image\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1a\n" +
@@ -4116,11 +4653,13 @@ const file_gantry_miner_v1_miner_proto_rawDesc = "" +
 	"created_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12I\n" +
 	"\x10build_started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampH\x02R\x0ebuildStartedAt\x88\x01\x01\x12M\n" +
-	"\x12build_completed_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampH\x03R\x10buildCompletedAt\x88\x01\x01B\x10\n" +
+	"\x12build_completed_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampH\x03R\x10buildCompletedAt\x88\x01\x01\x12*\n" +
+	"\x0echutes_version\x18\r \x01(\tH\x04R\rchutesVersion\x88\x01\x01B\x10\n" +
 	"\x0e_patch_versionB\x0f\n" +
 	"\r_compute_typeB\x13\n" +
 	"\x11_build_started_atB\x15\n" +
-	"\x13_build_completed_at\"\xf6\x06\n" +
+	"\x13_build_completed_atB\x11\n" +
+	"\x0f_chutes_version\"\xf6\x06\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -4440,16 +4979,56 @@ const file_gantry_miner_v1_miner_proto_rawDesc = "" +
 	"\x12WatchEventsRequest\x12\x1b\n" +
 	"\x06cursor\x18\x01 \x01(\tH\x00R\x06cursor\x88\x01\x01\x12\x18\n" +
 	"\areasons\x18\x02 \x03(\tR\areasonsB\t\n" +
-	"\a_cursor\"\xd8\x01\n" +
+	"\a_cursor\"\xf6\x01\n" +
 	"\x13WatchEventsResponse\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1d\n" +
 	"\amessage\x18\x03 \x01(\tH\x00R\amessage\x88\x01\x01\x12+\n" +
 	"\x04data\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x04data\x129\n" +
 	"\n" +
-	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAtB\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1c\n" +
+	"\theartbeat\x18\x06 \x01(\bR\theartbeatB\n" +
 	"\n" +
-	"\b_message2\xa3\x11\n" +
+	"\b_message\"\xf7\x01\n" +
+	"\rRollingUpdate\x12\x19\n" +
+	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x1d\n" +
+	"\n" +
+	"chute_name\x18\x02 \x01(\tR\tchuteName\x12\x1f\n" +
+	"\vold_version\x18\x03 \x01(\tR\n" +
+	"oldVersion\x12\x1f\n" +
+	"\vnew_version\x18\x04 \x01(\tR\n" +
+	"newVersion\x129\n" +
+	"\n" +
+	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12/\n" +
+	"\x13instances_remaining\x18\x06 \x01(\x05R\x12instancesRemaining\"\x1b\n" +
+	"\x19ListRollingUpdatesRequest\"R\n" +
+	"\x1aListRollingUpdatesResponse\x124\n" +
+	"\x05items\x18\x01 \x03(\v2\x1e.gantry.miner.v1.RollingUpdateR\x05items\"\x9f\x02\n" +
+	"\x10ChuteUtilization\x12\x19\n" +
+	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bscalable\x18\x03 \x01(\bR\bscalable\x12,\n" +
+	"\x12update_in_progress\x18\x04 \x01(\bR\x10updateInProgress\x12%\n" +
+	"\x0einstance_count\x18\x05 \x01(\x05R\rinstanceCount\x122\n" +
+	"\x15active_instance_count\x18\x06 \x01(\x05R\x13activeInstanceCount\x12&\n" +
+	"\ftarget_count\x18\a \x01(\x05H\x00R\vtargetCount\x88\x01\x01B\x0f\n" +
+	"\r_target_count\"\x1d\n" +
+	"\x1bListChuteUtilizationRequest\"W\n" +
+	"\x1cListChuteUtilizationResponse\x127\n" +
+	"\x05items\x18\x01 \x03(\v2!.gantry.miner.v1.ChuteUtilizationR\x05items\"~\n" +
+	"\fSupportedGpu\x12\x1e\n" +
+	"\n" +
+	"identifier\x18\x01 \x01(\tR\n" +
+	"identifier\x12\x1f\n" +
+	"\vhourly_rate\x18\x02 \x01(\x01R\n" +
+	"hourlyRate\x12-\n" +
+	"\x12compute_multiplier\x18\x03 \x01(\x01R\x11computeMultiplier\"\x1a\n" +
+	"\x18GetSupportedNodesRequest\"\xbd\x01\n" +
+	"\x19GetSupportedNodesResponse\x12H\n" +
+	"\x04gpus\x18\x01 \x03(\v24.gantry.miner.v1.GetSupportedNodesResponse.GpusEntryR\x04gpus\x1aV\n" +
+	"\tGpusEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x123\n" +
+	"\x05value\x18\x02 \x01(\v2\x1d.gantry.miner.v1.SupportedGpuR\x05value:\x028\x012\xe2\x14\n" +
 	"\fMinerService\x12v\n" +
 	"\n" +
 	"ListChutes\x12\".gantry.miner.v1.ListChutesRequest\x1a#.gantry.miner.v1.ListChutesResponse\"\x1d\x82\xd3\xe4\x93\x02\x17b\x05chute\x12\x0e/miner/chutes/0\x01\x12v\n" +
@@ -4471,7 +5050,10 @@ const file_gantry_miner_v1_miner_proto_rawDesc = "" +
 	"\x15GetUniqueChuteHistory\x12-.gantry.miner.v1.GetUniqueChuteHistoryRequest\x1a..gantry.miner.v1.GetUniqueChuteHistoryResponse\"3\x82\xd3\xe4\x93\x02-b\x05items\x12$/miner/unique_chute_history/{hotkey}\x12\x95\x01\n" +
 	"\x12GetThrashCooldowns\x12*.gantry.miner.v1.GetThrashCooldownsRequest\x1a+.gantry.miner.v1.GetThrashCooldownsResponse\"&\x82\xd3\xe4\x93\x02 b\x05items\x12\x17/miner/thrash_cooldowns\x12|\n" +
 	"\fGetMetagraph\x12$.gantry.miner.v1.GetMetagraphRequest\x1a%.gantry.miner.v1.GetMetagraphResponse\"\x1f\x82\xd3\xe4\x93\x02\x19b\x05items\x12\x10/miner/metagraph\x12q\n" +
-	"\vWatchEvents\x12#.gantry.miner.v1.WatchEventsRequest\x1a$.gantry.miner.v1.WatchEventsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/miner/events0\x01BIZGgithub.com/gantry-network/gantry/clients/go/gen/gantry/miner/v1;minerv1b\x06proto3"
+	"\vWatchEvents\x12#.gantry.miner.v1.WatchEventsRequest\x1a$.gantry.miner.v1.WatchEventsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/miner/events0\x01\x12\x95\x01\n" +
+	"\x12ListRollingUpdates\x12*.gantry.miner.v1.ListRollingUpdatesRequest\x1a+.gantry.miner.v1.ListRollingUpdatesResponse\"&\x82\xd3\xe4\x93\x02 b\x05items\x12\x17/chutes/rolling_updates\x12\x97\x01\n" +
+	"\x14ListChuteUtilization\x12,.gantry.miner.v1.ListChuteUtilizationRequest\x1a-.gantry.miner.v1.ListChuteUtilizationResponse\"\"\x82\xd3\xe4\x93\x02\x1cb\x05items\x12\x13/chutes/utilization\x12\x8a\x01\n" +
+	"\x11GetSupportedNodes\x12).gantry.miner.v1.GetSupportedNodesRequest\x1a*.gantry.miner.v1.GetSupportedNodesResponse\"\x1e\x82\xd3\xe4\x93\x02\x18b\x04gpus\x12\x10/nodes/supportedBIZGgithub.com/gantry-network/gantry/clients/go/gen/gantry/miner/v1;minerv1b\x06proto3"
 
 var (
 	file_gantry_miner_v1_miner_proto_rawDescOnce sync.Once
@@ -4485,7 +5067,7 @@ func file_gantry_miner_v1_miner_proto_rawDescGZIP() []byte {
 	return file_gantry_miner_v1_miner_proto_rawDescData
 }
 
-var file_gantry_miner_v1_miner_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_gantry_miner_v1_miner_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_gantry_miner_v1_miner_proto_goTypes = []any{
 	(*Cord)(nil),                          // 0: gantry.miner.v1.Cord
 	(*Chute)(nil),                         // 1: gantry.miner.v1.Chute
@@ -4539,60 +5121,70 @@ var file_gantry_miner_v1_miner_proto_goTypes = []any{
 	(*GetMetagraphResponse)(nil),          // 49: gantry.miner.v1.GetMetagraphResponse
 	(*WatchEventsRequest)(nil),            // 50: gantry.miner.v1.WatchEventsRequest
 	(*WatchEventsResponse)(nil),           // 51: gantry.miner.v1.WatchEventsResponse
-	nil,                                   // 52: gantry.miner.v1.GetScoresResponse.RawValuesEntry
-	nil,                                   // 53: gantry.miner.v1.GetScoresResponse.FinalScoresEntry
-	(*structpb.Struct)(nil),               // 54: google.protobuf.Struct
-	(*structpb.Value)(nil),                // 55: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),         // 56: google.protobuf.Timestamp
-	(structpb.NullValue)(0),               // 57: google.protobuf.NullValue
+	(*RollingUpdate)(nil),                 // 52: gantry.miner.v1.RollingUpdate
+	(*ListRollingUpdatesRequest)(nil),     // 53: gantry.miner.v1.ListRollingUpdatesRequest
+	(*ListRollingUpdatesResponse)(nil),    // 54: gantry.miner.v1.ListRollingUpdatesResponse
+	(*ChuteUtilization)(nil),              // 55: gantry.miner.v1.ChuteUtilization
+	(*ListChuteUtilizationRequest)(nil),   // 56: gantry.miner.v1.ListChuteUtilizationRequest
+	(*ListChuteUtilizationResponse)(nil),  // 57: gantry.miner.v1.ListChuteUtilizationResponse
+	(*SupportedGpu)(nil),                  // 58: gantry.miner.v1.SupportedGpu
+	(*GetSupportedNodesRequest)(nil),      // 59: gantry.miner.v1.GetSupportedNodesRequest
+	(*GetSupportedNodesResponse)(nil),     // 60: gantry.miner.v1.GetSupportedNodesResponse
+	nil,                                   // 61: gantry.miner.v1.GetScoresResponse.RawValuesEntry
+	nil,                                   // 62: gantry.miner.v1.GetScoresResponse.FinalScoresEntry
+	nil,                                   // 63: gantry.miner.v1.GetSupportedNodesResponse.GpusEntry
+	(*structpb.Struct)(nil),               // 64: google.protobuf.Struct
+	(*structpb.Value)(nil),                // 65: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil),         // 66: google.protobuf.Timestamp
+	(structpb.NullValue)(0),               // 67: google.protobuf.NullValue
 }
 var file_gantry_miner_v1_miner_proto_depIdxs = []int32{
-	54, // 0: gantry.miner.v1.Cord.input_schema:type_name -> google.protobuf.Struct
-	54, // 1: gantry.miner.v1.Cord.output_schema:type_name -> google.protobuf.Struct
-	54, // 2: gantry.miner.v1.Cord.minimal_input_schema:type_name -> google.protobuf.Struct
+	64, // 0: gantry.miner.v1.Cord.input_schema:type_name -> google.protobuf.Struct
+	64, // 1: gantry.miner.v1.Cord.output_schema:type_name -> google.protobuf.Struct
+	64, // 2: gantry.miner.v1.Cord.minimal_input_schema:type_name -> google.protobuf.Struct
 	0,  // 3: gantry.miner.v1.Chute.cords:type_name -> gantry.miner.v1.Cord
-	55, // 4: gantry.miner.v1.Chute.jobs:type_name -> google.protobuf.Value
-	54, // 5: gantry.miner.v1.Chute.node_selector:type_name -> google.protobuf.Struct
-	56, // 6: gantry.miner.v1.Chute.created_at:type_name -> google.protobuf.Timestamp
-	56, // 7: gantry.miner.v1.Chute.updated_at:type_name -> google.protobuf.Timestamp
-	54, // 8: gantry.miner.v1.Chute.compute_multiplier_factors:type_name -> google.protobuf.Struct
-	56, // 9: gantry.miner.v1.Image.created_at:type_name -> google.protobuf.Timestamp
-	56, // 10: gantry.miner.v1.Image.build_started_at:type_name -> google.protobuf.Timestamp
-	56, // 11: gantry.miner.v1.Image.build_completed_at:type_name -> google.protobuf.Timestamp
-	56, // 12: gantry.miner.v1.Node.verified_at:type_name -> google.protobuf.Timestamp
-	56, // 13: gantry.miner.v1.Node.created_at:type_name -> google.protobuf.Timestamp
-	56, // 14: gantry.miner.v1.MinerInstance.created_at:type_name -> google.protobuf.Timestamp
-	56, // 15: gantry.miner.v1.MinerInstance.activated_at:type_name -> google.protobuf.Timestamp
-	56, // 16: gantry.miner.v1.MinerInstance.last_verified_at:type_name -> google.protobuf.Timestamp
-	56, // 17: gantry.miner.v1.MinerInstance.stop_billing_at:type_name -> google.protobuf.Timestamp
-	54, // 18: gantry.miner.v1.MinerInstance.extra:type_name -> google.protobuf.Struct
-	56, // 19: gantry.miner.v1.Job.last_queried_at:type_name -> google.protobuf.Timestamp
-	56, // 20: gantry.miner.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	56, // 21: gantry.miner.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	56, // 22: gantry.miner.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	56, // 23: gantry.miner.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	54, // 24: gantry.miner.v1.Job.job_args:type_name -> google.protobuf.Struct
-	55, // 25: gantry.miner.v1.Job.result:type_name -> google.protobuf.Value
-	55, // 26: gantry.miner.v1.Job.output_files:type_name -> google.protobuf.Value
-	56, // 27: gantry.miner.v1.ChuteMetrics.start_date:type_name -> google.protobuf.Timestamp
-	56, // 28: gantry.miner.v1.ChuteMetrics.end_date:type_name -> google.protobuf.Timestamp
-	56, // 29: gantry.miner.v1.ServerGpu.verified_at:type_name -> google.protobuf.Timestamp
-	56, // 30: gantry.miner.v1.MinerServer.created_at:type_name -> google.protobuf.Timestamp
-	56, // 31: gantry.miner.v1.MinerServer.updated_at:type_name -> google.protobuf.Timestamp
+	65, // 4: gantry.miner.v1.Chute.jobs:type_name -> google.protobuf.Value
+	64, // 5: gantry.miner.v1.Chute.node_selector:type_name -> google.protobuf.Struct
+	66, // 6: gantry.miner.v1.Chute.created_at:type_name -> google.protobuf.Timestamp
+	66, // 7: gantry.miner.v1.Chute.updated_at:type_name -> google.protobuf.Timestamp
+	64, // 8: gantry.miner.v1.Chute.compute_multiplier_factors:type_name -> google.protobuf.Struct
+	66, // 9: gantry.miner.v1.Image.created_at:type_name -> google.protobuf.Timestamp
+	66, // 10: gantry.miner.v1.Image.build_started_at:type_name -> google.protobuf.Timestamp
+	66, // 11: gantry.miner.v1.Image.build_completed_at:type_name -> google.protobuf.Timestamp
+	66, // 12: gantry.miner.v1.Node.verified_at:type_name -> google.protobuf.Timestamp
+	66, // 13: gantry.miner.v1.Node.created_at:type_name -> google.protobuf.Timestamp
+	66, // 14: gantry.miner.v1.MinerInstance.created_at:type_name -> google.protobuf.Timestamp
+	66, // 15: gantry.miner.v1.MinerInstance.activated_at:type_name -> google.protobuf.Timestamp
+	66, // 16: gantry.miner.v1.MinerInstance.last_verified_at:type_name -> google.protobuf.Timestamp
+	66, // 17: gantry.miner.v1.MinerInstance.stop_billing_at:type_name -> google.protobuf.Timestamp
+	64, // 18: gantry.miner.v1.MinerInstance.extra:type_name -> google.protobuf.Struct
+	66, // 19: gantry.miner.v1.Job.last_queried_at:type_name -> google.protobuf.Timestamp
+	66, // 20: gantry.miner.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	66, // 21: gantry.miner.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	66, // 22: gantry.miner.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	66, // 23: gantry.miner.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	64, // 24: gantry.miner.v1.Job.job_args:type_name -> google.protobuf.Struct
+	65, // 25: gantry.miner.v1.Job.result:type_name -> google.protobuf.Value
+	65, // 26: gantry.miner.v1.Job.output_files:type_name -> google.protobuf.Value
+	66, // 27: gantry.miner.v1.ChuteMetrics.start_date:type_name -> google.protobuf.Timestamp
+	66, // 28: gantry.miner.v1.ChuteMetrics.end_date:type_name -> google.protobuf.Timestamp
+	66, // 29: gantry.miner.v1.ServerGpu.verified_at:type_name -> google.protobuf.Timestamp
+	66, // 30: gantry.miner.v1.MinerServer.created_at:type_name -> google.protobuf.Timestamp
+	66, // 31: gantry.miner.v1.MinerServer.updated_at:type_name -> google.protobuf.Timestamp
 	7,  // 32: gantry.miner.v1.MinerServer.gpus:type_name -> gantry.miner.v1.ServerGpu
-	56, // 33: gantry.miner.v1.InventoryGpu.last_verified_at:type_name -> google.protobuf.Timestamp
-	56, // 34: gantry.miner.v1.ActiveInstance.activated_at:type_name -> google.protobuf.Timestamp
-	56, // 35: gantry.miner.v1.ThrashCooldown.deleted_at:type_name -> google.protobuf.Timestamp
-	56, // 36: gantry.miner.v1.ThrashCooldown.cooldown_expires_at:type_name -> google.protobuf.Timestamp
-	56, // 37: gantry.miner.v1.UniqueChuteHistoryPoint.time:type_name -> google.protobuf.Timestamp
-	56, // 38: gantry.miner.v1.MetagraphNode.synced_at:type_name -> google.protobuf.Timestamp
+	66, // 33: gantry.miner.v1.InventoryGpu.last_verified_at:type_name -> google.protobuf.Timestamp
+	66, // 34: gantry.miner.v1.ActiveInstance.activated_at:type_name -> google.protobuf.Timestamp
+	66, // 35: gantry.miner.v1.ThrashCooldown.deleted_at:type_name -> google.protobuf.Timestamp
+	66, // 36: gantry.miner.v1.ThrashCooldown.cooldown_expires_at:type_name -> google.protobuf.Timestamp
+	66, // 37: gantry.miner.v1.UniqueChuteHistoryPoint.time:type_name -> google.protobuf.Timestamp
+	66, // 38: gantry.miner.v1.MetagraphNode.synced_at:type_name -> google.protobuf.Timestamp
 	1,  // 39: gantry.miner.v1.ListChutesResponse.chute:type_name -> gantry.miner.v1.Chute
 	2,  // 40: gantry.miner.v1.ListImagesResponse.image:type_name -> gantry.miner.v1.Image
 	3,  // 41: gantry.miner.v1.ListNodesResponse.node:type_name -> gantry.miner.v1.Node
 	8,  // 42: gantry.miner.v1.ListServersResponse.servers:type_name -> gantry.miner.v1.MinerServer
 	4,  // 43: gantry.miner.v1.ListInstancesResponse.instance:type_name -> gantry.miner.v1.MinerInstance
 	5,  // 44: gantry.miner.v1.ListAvailableJobsResponse.job:type_name -> gantry.miner.v1.Job
-	57, // 45: gantry.miner.v1.ReleaseJobResponse.result:type_name -> google.protobuf.NullValue
+	67, // 45: gantry.miner.v1.ReleaseJobResponse.result:type_name -> google.protobuf.NullValue
 	9,  // 46: gantry.miner.v1.GetFullInventoryResponse.items:type_name -> gantry.miner.v1.InventoryGpu
 	6,  // 47: gantry.miner.v1.GetMetricsResponse.metrics:type_name -> gantry.miner.v1.ChuteMetrics
 	10, // 48: gantry.miner.v1.ListActiveInstancesResponse.items:type_name -> gantry.miner.v1.ActiveInstance
@@ -4603,53 +5195,64 @@ var file_gantry_miner_v1_miner_proto_depIdxs = []int32{
 	39, // 53: gantry.miner.v1.GetStatsResponse.past_hour:type_name -> gantry.miner.v1.StatsWindow
 	39, // 54: gantry.miner.v1.GetStatsResponse.past_day:type_name -> gantry.miner.v1.StatsWindow
 	39, // 55: gantry.miner.v1.GetStatsResponse.all:type_name -> gantry.miner.v1.StatsWindow
-	52, // 56: gantry.miner.v1.GetScoresResponse.raw_values:type_name -> gantry.miner.v1.GetScoresResponse.RawValuesEntry
-	53, // 57: gantry.miner.v1.GetScoresResponse.final_scores:type_name -> gantry.miner.v1.GetScoresResponse.FinalScoresEntry
+	61, // 56: gantry.miner.v1.GetScoresResponse.raw_values:type_name -> gantry.miner.v1.GetScoresResponse.RawValuesEntry
+	62, // 57: gantry.miner.v1.GetScoresResponse.final_scores:type_name -> gantry.miner.v1.GetScoresResponse.FinalScoresEntry
 	12, // 58: gantry.miner.v1.GetUniqueChuteHistoryResponse.items:type_name -> gantry.miner.v1.UniqueChuteHistoryPoint
 	11, // 59: gantry.miner.v1.GetThrashCooldownsResponse.items:type_name -> gantry.miner.v1.ThrashCooldown
 	13, // 60: gantry.miner.v1.GetMetagraphResponse.items:type_name -> gantry.miner.v1.MetagraphNode
-	54, // 61: gantry.miner.v1.WatchEventsResponse.data:type_name -> google.protobuf.Struct
-	56, // 62: gantry.miner.v1.WatchEventsResponse.created_at:type_name -> google.protobuf.Timestamp
-	42, // 63: gantry.miner.v1.GetScoresResponse.RawValuesEntry.value:type_name -> gantry.miner.v1.RawScore
-	14, // 64: gantry.miner.v1.MinerService.ListChutes:input_type -> gantry.miner.v1.ListChutesRequest
-	16, // 65: gantry.miner.v1.MinerService.ListImages:input_type -> gantry.miner.v1.ListImagesRequest
-	18, // 66: gantry.miner.v1.MinerService.ListNodes:input_type -> gantry.miner.v1.ListNodesRequest
-	20, // 67: gantry.miner.v1.MinerService.ListServers:input_type -> gantry.miner.v1.ListServersRequest
-	22, // 68: gantry.miner.v1.MinerService.ListInstances:input_type -> gantry.miner.v1.ListInstancesRequest
-	24, // 69: gantry.miner.v1.MinerService.ListAvailableJobs:input_type -> gantry.miner.v1.ListAvailableJobsRequest
-	26, // 70: gantry.miner.v1.MinerService.ReleaseJob:input_type -> gantry.miner.v1.ReleaseJobRequest
-	28, // 71: gantry.miner.v1.MinerService.GetFullInventory:input_type -> gantry.miner.v1.GetFullInventoryRequest
-	30, // 72: gantry.miner.v1.MinerService.GetMetrics:input_type -> gantry.miner.v1.GetMetricsRequest
-	32, // 73: gantry.miner.v1.MinerService.ListActiveInstances:input_type -> gantry.miner.v1.ListActiveInstancesRequest
-	34, // 74: gantry.miner.v1.MinerService.GetChute:input_type -> gantry.miner.v1.GetChuteRequest
-	36, // 75: gantry.miner.v1.MinerService.GetStats:input_type -> gantry.miner.v1.GetStatsRequest
-	41, // 76: gantry.miner.v1.MinerService.GetScores:input_type -> gantry.miner.v1.GetScoresRequest
-	44, // 77: gantry.miner.v1.MinerService.GetUniqueChuteHistory:input_type -> gantry.miner.v1.GetUniqueChuteHistoryRequest
-	46, // 78: gantry.miner.v1.MinerService.GetThrashCooldowns:input_type -> gantry.miner.v1.GetThrashCooldownsRequest
-	48, // 79: gantry.miner.v1.MinerService.GetMetagraph:input_type -> gantry.miner.v1.GetMetagraphRequest
-	50, // 80: gantry.miner.v1.MinerService.WatchEvents:input_type -> gantry.miner.v1.WatchEventsRequest
-	15, // 81: gantry.miner.v1.MinerService.ListChutes:output_type -> gantry.miner.v1.ListChutesResponse
-	17, // 82: gantry.miner.v1.MinerService.ListImages:output_type -> gantry.miner.v1.ListImagesResponse
-	19, // 83: gantry.miner.v1.MinerService.ListNodes:output_type -> gantry.miner.v1.ListNodesResponse
-	21, // 84: gantry.miner.v1.MinerService.ListServers:output_type -> gantry.miner.v1.ListServersResponse
-	23, // 85: gantry.miner.v1.MinerService.ListInstances:output_type -> gantry.miner.v1.ListInstancesResponse
-	25, // 86: gantry.miner.v1.MinerService.ListAvailableJobs:output_type -> gantry.miner.v1.ListAvailableJobsResponse
-	27, // 87: gantry.miner.v1.MinerService.ReleaseJob:output_type -> gantry.miner.v1.ReleaseJobResponse
-	29, // 88: gantry.miner.v1.MinerService.GetFullInventory:output_type -> gantry.miner.v1.GetFullInventoryResponse
-	31, // 89: gantry.miner.v1.MinerService.GetMetrics:output_type -> gantry.miner.v1.GetMetricsResponse
-	33, // 90: gantry.miner.v1.MinerService.ListActiveInstances:output_type -> gantry.miner.v1.ListActiveInstancesResponse
-	35, // 91: gantry.miner.v1.MinerService.GetChute:output_type -> gantry.miner.v1.GetChuteResponse
-	40, // 92: gantry.miner.v1.MinerService.GetStats:output_type -> gantry.miner.v1.GetStatsResponse
-	43, // 93: gantry.miner.v1.MinerService.GetScores:output_type -> gantry.miner.v1.GetScoresResponse
-	45, // 94: gantry.miner.v1.MinerService.GetUniqueChuteHistory:output_type -> gantry.miner.v1.GetUniqueChuteHistoryResponse
-	47, // 95: gantry.miner.v1.MinerService.GetThrashCooldowns:output_type -> gantry.miner.v1.GetThrashCooldownsResponse
-	49, // 96: gantry.miner.v1.MinerService.GetMetagraph:output_type -> gantry.miner.v1.GetMetagraphResponse
-	51, // 97: gantry.miner.v1.MinerService.WatchEvents:output_type -> gantry.miner.v1.WatchEventsResponse
-	81, // [81:98] is the sub-list for method output_type
-	64, // [64:81] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	64, // 61: gantry.miner.v1.WatchEventsResponse.data:type_name -> google.protobuf.Struct
+	66, // 62: gantry.miner.v1.WatchEventsResponse.created_at:type_name -> google.protobuf.Timestamp
+	66, // 63: gantry.miner.v1.RollingUpdate.started_at:type_name -> google.protobuf.Timestamp
+	52, // 64: gantry.miner.v1.ListRollingUpdatesResponse.items:type_name -> gantry.miner.v1.RollingUpdate
+	55, // 65: gantry.miner.v1.ListChuteUtilizationResponse.items:type_name -> gantry.miner.v1.ChuteUtilization
+	63, // 66: gantry.miner.v1.GetSupportedNodesResponse.gpus:type_name -> gantry.miner.v1.GetSupportedNodesResponse.GpusEntry
+	42, // 67: gantry.miner.v1.GetScoresResponse.RawValuesEntry.value:type_name -> gantry.miner.v1.RawScore
+	58, // 68: gantry.miner.v1.GetSupportedNodesResponse.GpusEntry.value:type_name -> gantry.miner.v1.SupportedGpu
+	14, // 69: gantry.miner.v1.MinerService.ListChutes:input_type -> gantry.miner.v1.ListChutesRequest
+	16, // 70: gantry.miner.v1.MinerService.ListImages:input_type -> gantry.miner.v1.ListImagesRequest
+	18, // 71: gantry.miner.v1.MinerService.ListNodes:input_type -> gantry.miner.v1.ListNodesRequest
+	20, // 72: gantry.miner.v1.MinerService.ListServers:input_type -> gantry.miner.v1.ListServersRequest
+	22, // 73: gantry.miner.v1.MinerService.ListInstances:input_type -> gantry.miner.v1.ListInstancesRequest
+	24, // 74: gantry.miner.v1.MinerService.ListAvailableJobs:input_type -> gantry.miner.v1.ListAvailableJobsRequest
+	26, // 75: gantry.miner.v1.MinerService.ReleaseJob:input_type -> gantry.miner.v1.ReleaseJobRequest
+	28, // 76: gantry.miner.v1.MinerService.GetFullInventory:input_type -> gantry.miner.v1.GetFullInventoryRequest
+	30, // 77: gantry.miner.v1.MinerService.GetMetrics:input_type -> gantry.miner.v1.GetMetricsRequest
+	32, // 78: gantry.miner.v1.MinerService.ListActiveInstances:input_type -> gantry.miner.v1.ListActiveInstancesRequest
+	34, // 79: gantry.miner.v1.MinerService.GetChute:input_type -> gantry.miner.v1.GetChuteRequest
+	36, // 80: gantry.miner.v1.MinerService.GetStats:input_type -> gantry.miner.v1.GetStatsRequest
+	41, // 81: gantry.miner.v1.MinerService.GetScores:input_type -> gantry.miner.v1.GetScoresRequest
+	44, // 82: gantry.miner.v1.MinerService.GetUniqueChuteHistory:input_type -> gantry.miner.v1.GetUniqueChuteHistoryRequest
+	46, // 83: gantry.miner.v1.MinerService.GetThrashCooldowns:input_type -> gantry.miner.v1.GetThrashCooldownsRequest
+	48, // 84: gantry.miner.v1.MinerService.GetMetagraph:input_type -> gantry.miner.v1.GetMetagraphRequest
+	50, // 85: gantry.miner.v1.MinerService.WatchEvents:input_type -> gantry.miner.v1.WatchEventsRequest
+	53, // 86: gantry.miner.v1.MinerService.ListRollingUpdates:input_type -> gantry.miner.v1.ListRollingUpdatesRequest
+	56, // 87: gantry.miner.v1.MinerService.ListChuteUtilization:input_type -> gantry.miner.v1.ListChuteUtilizationRequest
+	59, // 88: gantry.miner.v1.MinerService.GetSupportedNodes:input_type -> gantry.miner.v1.GetSupportedNodesRequest
+	15, // 89: gantry.miner.v1.MinerService.ListChutes:output_type -> gantry.miner.v1.ListChutesResponse
+	17, // 90: gantry.miner.v1.MinerService.ListImages:output_type -> gantry.miner.v1.ListImagesResponse
+	19, // 91: gantry.miner.v1.MinerService.ListNodes:output_type -> gantry.miner.v1.ListNodesResponse
+	21, // 92: gantry.miner.v1.MinerService.ListServers:output_type -> gantry.miner.v1.ListServersResponse
+	23, // 93: gantry.miner.v1.MinerService.ListInstances:output_type -> gantry.miner.v1.ListInstancesResponse
+	25, // 94: gantry.miner.v1.MinerService.ListAvailableJobs:output_type -> gantry.miner.v1.ListAvailableJobsResponse
+	27, // 95: gantry.miner.v1.MinerService.ReleaseJob:output_type -> gantry.miner.v1.ReleaseJobResponse
+	29, // 96: gantry.miner.v1.MinerService.GetFullInventory:output_type -> gantry.miner.v1.GetFullInventoryResponse
+	31, // 97: gantry.miner.v1.MinerService.GetMetrics:output_type -> gantry.miner.v1.GetMetricsResponse
+	33, // 98: gantry.miner.v1.MinerService.ListActiveInstances:output_type -> gantry.miner.v1.ListActiveInstancesResponse
+	35, // 99: gantry.miner.v1.MinerService.GetChute:output_type -> gantry.miner.v1.GetChuteResponse
+	40, // 100: gantry.miner.v1.MinerService.GetStats:output_type -> gantry.miner.v1.GetStatsResponse
+	43, // 101: gantry.miner.v1.MinerService.GetScores:output_type -> gantry.miner.v1.GetScoresResponse
+	45, // 102: gantry.miner.v1.MinerService.GetUniqueChuteHistory:output_type -> gantry.miner.v1.GetUniqueChuteHistoryResponse
+	47, // 103: gantry.miner.v1.MinerService.GetThrashCooldowns:output_type -> gantry.miner.v1.GetThrashCooldownsResponse
+	49, // 104: gantry.miner.v1.MinerService.GetMetagraph:output_type -> gantry.miner.v1.GetMetagraphResponse
+	51, // 105: gantry.miner.v1.MinerService.WatchEvents:output_type -> gantry.miner.v1.WatchEventsResponse
+	54, // 106: gantry.miner.v1.MinerService.ListRollingUpdates:output_type -> gantry.miner.v1.ListRollingUpdatesResponse
+	57, // 107: gantry.miner.v1.MinerService.ListChuteUtilization:output_type -> gantry.miner.v1.ListChuteUtilizationResponse
+	60, // 108: gantry.miner.v1.MinerService.GetSupportedNodes:output_type -> gantry.miner.v1.GetSupportedNodesResponse
+	89, // [89:109] is the sub-list for method output_type
+	69, // [69:89] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_gantry_miner_v1_miner_proto_init() }
@@ -4674,13 +5277,14 @@ func file_gantry_miner_v1_miner_proto_init() {
 	file_gantry_miner_v1_miner_proto_msgTypes[41].OneofWrappers = []any{}
 	file_gantry_miner_v1_miner_proto_msgTypes[50].OneofWrappers = []any{}
 	file_gantry_miner_v1_miner_proto_msgTypes[51].OneofWrappers = []any{}
+	file_gantry_miner_v1_miner_proto_msgTypes[55].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_miner_v1_miner_proto_rawDesc), len(file_gantry_miner_v1_miner_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

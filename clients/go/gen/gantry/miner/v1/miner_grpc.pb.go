@@ -42,6 +42,9 @@ const (
 	MinerService_GetThrashCooldowns_FullMethodName    = "/gantry.miner.v1.MinerService/GetThrashCooldowns"
 	MinerService_GetMetagraph_FullMethodName          = "/gantry.miner.v1.MinerService/GetMetagraph"
 	MinerService_WatchEvents_FullMethodName           = "/gantry.miner.v1.MinerService/WatchEvents"
+	MinerService_ListRollingUpdates_FullMethodName    = "/gantry.miner.v1.MinerService/ListRollingUpdates"
+	MinerService_ListChuteUtilization_FullMethodName  = "/gantry.miner.v1.MinerService/ListChuteUtilization"
+	MinerService_GetSupportedNodes_FullMethodName     = "/gantry.miner.v1.MinerService/GetSupportedNodes"
 )
 
 // MinerServiceClient is the client API for MinerService service.
@@ -97,6 +100,15 @@ type MinerServiceClient interface {
 	// bounties) from a Redis Stream. Public events go to everyone; miner-targeted events only to their recipients.
 	// Resumable: pass the cursor of the last event received.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
+	// GET /chutes/rolling_updates: unauthenticated; chutes whose instances are moving to a new version (a stock
+	// miner skips them while reconciling, and cannot start without this list). REST body is the bare list.
+	ListRollingUpdates(ctx context.Context, in *ListRollingUpdatesRequest, opts ...grpc.CallOption) (*ListRollingUpdatesResponse, error)
+	// GET /chutes/utilization: unauthenticated; per chute, whether another instance would be accepted now
+	// (scalable) and whether a rolling update is in progress. REST body is the bare list.
+	ListChuteUtilization(ctx context.Context, in *ListChuteUtilizationRequest, opts ...grpc.CallOption) (*ListChuteUtilizationResponse, error)
+	// GET /nodes/supported: unauthenticated; the GPU models instances may run on, keyed by short reference
+	// (e.g. "h100"). REST body is that object.
+	GetSupportedNodes(ctx context.Context, in *GetSupportedNodesRequest, opts ...grpc.CallOption) (*GetSupportedNodesResponse, error)
 }
 
 type minerServiceClient struct {
@@ -340,6 +352,36 @@ func (c *minerServiceClient) WatchEvents(ctx context.Context, in *WatchEventsReq
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MinerService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
 
+func (c *minerServiceClient) ListRollingUpdates(ctx context.Context, in *ListRollingUpdatesRequest, opts ...grpc.CallOption) (*ListRollingUpdatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRollingUpdatesResponse)
+	err := c.cc.Invoke(ctx, MinerService_ListRollingUpdates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *minerServiceClient) ListChuteUtilization(ctx context.Context, in *ListChuteUtilizationRequest, opts ...grpc.CallOption) (*ListChuteUtilizationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListChuteUtilizationResponse)
+	err := c.cc.Invoke(ctx, MinerService_ListChuteUtilization_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *minerServiceClient) GetSupportedNodes(ctx context.Context, in *GetSupportedNodesRequest, opts ...grpc.CallOption) (*GetSupportedNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSupportedNodesResponse)
+	err := c.cc.Invoke(ctx, MinerService_GetSupportedNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MinerServiceServer is the server API for MinerService service.
 // All implementations must embed UnimplementedMinerServiceServer
 // for forward compatibility.
@@ -393,6 +435,15 @@ type MinerServiceServer interface {
 	// bounties) from a Redis Stream. Public events go to everyone; miner-targeted events only to their recipients.
 	// Resumable: pass the cursor of the last event received.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
+	// GET /chutes/rolling_updates: unauthenticated; chutes whose instances are moving to a new version (a stock
+	// miner skips them while reconciling, and cannot start without this list). REST body is the bare list.
+	ListRollingUpdates(context.Context, *ListRollingUpdatesRequest) (*ListRollingUpdatesResponse, error)
+	// GET /chutes/utilization: unauthenticated; per chute, whether another instance would be accepted now
+	// (scalable) and whether a rolling update is in progress. REST body is the bare list.
+	ListChuteUtilization(context.Context, *ListChuteUtilizationRequest) (*ListChuteUtilizationResponse, error)
+	// GET /nodes/supported: unauthenticated; the GPU models instances may run on, keyed by short reference
+	// (e.g. "h100"). REST body is that object.
+	GetSupportedNodes(context.Context, *GetSupportedNodesRequest) (*GetSupportedNodesResponse, error)
 	mustEmbedUnimplementedMinerServiceServer()
 }
 
@@ -453,6 +504,15 @@ func (UnimplementedMinerServiceServer) GetMetagraph(context.Context, *GetMetagra
 }
 func (UnimplementedMinerServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedMinerServiceServer) ListRollingUpdates(context.Context, *ListRollingUpdatesRequest) (*ListRollingUpdatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRollingUpdates not implemented")
+}
+func (UnimplementedMinerServiceServer) ListChuteUtilization(context.Context, *ListChuteUtilizationRequest) (*ListChuteUtilizationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListChuteUtilization not implemented")
+}
+func (UnimplementedMinerServiceServer) GetSupportedNodes(context.Context, *GetSupportedNodesRequest) (*GetSupportedNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSupportedNodes not implemented")
 }
 func (UnimplementedMinerServiceServer) mustEmbedUnimplementedMinerServiceServer() {}
 func (UnimplementedMinerServiceServer) testEmbeddedByValue()                      {}
@@ -732,6 +792,60 @@ func _MinerService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MinerService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
 
+func _MinerService_ListRollingUpdates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRollingUpdatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MinerServiceServer).ListRollingUpdates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MinerService_ListRollingUpdates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MinerServiceServer).ListRollingUpdates(ctx, req.(*ListRollingUpdatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MinerService_ListChuteUtilization_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListChuteUtilizationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MinerServiceServer).ListChuteUtilization(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MinerService_ListChuteUtilization_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MinerServiceServer).ListChuteUtilization(ctx, req.(*ListChuteUtilizationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MinerService_GetSupportedNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSupportedNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MinerServiceServer).GetSupportedNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MinerService_GetSupportedNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MinerServiceServer).GetSupportedNodes(ctx, req.(*GetSupportedNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MinerService_ServiceDesc is the grpc.ServiceDesc for MinerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -778,6 +892,18 @@ var MinerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetMetagraph",
 			Handler:    _MinerService_GetMetagraph_Handler,
+		},
+		{
+			MethodName: "ListRollingUpdates",
+			Handler:    _MinerService_ListRollingUpdates_Handler,
+		},
+		{
+			MethodName: "ListChuteUtilization",
+			Handler:    _MinerService_ListChuteUtilization_Handler,
+		},
+		{
+			MethodName: "GetSupportedNodes",
+			Handler:    _MinerService_GetSupportedNodes_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,1 @@
+"""The miner face's logic (seed 003): rows miners read, their stats and scores. Importable without gRPC."""

@@ -1,0 +1,6 @@
+"""MinerService RPCs: lists (composed into services/miner.py). Not built yet: every RPC here answers UNIMPLEMENTED."""
+from __future__ import annotations
+
+
+class MinerListsMixin:
+    rt: object  # Runtime, set by MinerService
