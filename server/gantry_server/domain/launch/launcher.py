@@ -31,9 +31,11 @@ from ...store.repositories.launch_configs import MAX_JOB_RACERS, LaunchConfigRep
 from ...store.repositories.metagraph import MetagraphRepository
 from ...store.repositories.servers import ServerRepository
 from .. import graval
+from ..miner.reference import job_disk_gb
 from ..attestation import RUNTIME, AttestationFailure
 from . import gpus as gpu_models
 from . import runtime_integrity as rint
+from . import scaling
 from .runtime_integrity import version_at_least
 from .secrets import rint_session_key_context, symmetric_key_context
 
@@ -142,34 +144,14 @@ class Launcher:
         return node
 
     async def _target(self, chute) -> int | None:
-        """The chute's target instance count: the autoscaler's (Redis), else the chute's max_instances, else
-        unbounded. (The reference falls back to the current count, which refuses every launch of a chute no
-        autoscaler has seen.)"""
-        raw = await self.rt.redis.get(redis_keys.scale_target(chute["chute_id"]))
-        if raw is not None:
-            try:
-                return max(0, int(raw))
-            except ValueError:
-                log.warning("ignoring non-integer scale target for chute %s", chute["chute_id"])
-        return chute["max_instances"]
+        return await scaling.target(self.rt.redis, chute)
 
     async def _gate(self, chute, counts: ChuteCounts, *, activation: bool = False) -> None:
         """Scaling gates (reference §4.8): 423 when the chute has the instances it needs."""
         target = await self._target(chute)
-        if target is None:
-            return
-        full = _locked(f"Chute {chute['chute_id']} is at capacity ({counts.active} active instances, target "
-                       f"{target}); try another chute", "CHUTE_AT_CAPACITY")
-        if activation:
-            if chute["public"] and chute["tee"]:
-                return  # public TEE chutes always pass activation (reference)
-            if counts.active >= target:
-                raise full
-            return
-        if chute["public"] and chute["tee"] and counts.live >= target + 1:
-            raise full
-        if counts.active >= target:
-            raise full
+        if scaling.at_capacity(chute, counts, target, activation=activation):
+            raise _locked(f"Chute {chute['chute_id']} is at capacity ({counts.active} active instances, target "
+                          f"{target}); try another chute", "CHUTE_AT_CAPACITY")
 
     # -- issue: GET /instances/launch_config ----------------------------------------------------------------
     async def issue(self, *, hotkey: str, chute_id: str, job_id: str | None) -> tuple[str, str]:
@@ -219,12 +201,12 @@ class Launcher:
             config = await LaunchConfigRepository(conn).get(config_id)
         if nonce is not None:
             await self.rt.redis.set(redis_keys.rint_nonce(config_id), nonce, ex=RINT_NONCE_TTL)
-        disk_gb = (job or {}).get("job_args", {}).get("_disk_gb") if job else None
+        disk_gb = job_disk_gb(job["job_args"]) if job else None
         token = self.rt.launch_keys.issue(
             config_id=config_id, chute_id=chute_id, url=self.config_url(config_id), env_key=config["env_key"],
             egress=bool(chute["allow_external_egress"]), lock_modules=self._lock_modules(chute),
             env_type=config["env_type"], now=int(now.timestamp()), job_id=job_id,
-            disk_gb=disk_gb if isinstance(disk_gb, int) else None)
+            disk_gb=disk_gb)
         return token, config_id
 
     @staticmethod
@@ -636,9 +618,9 @@ class TeeAttestationRefused(PermissionDenied):
         self.failure = failure
 
 
-def compute_multiplier(chute, node_rows, *, private: bool, job) -> tuple[float, float, float]:
-    """(multiplier, warmup multiplier, hourly rate) of a new instance (reference §4.9 steps 1–7; no bounty yet)."""
-    gpu_count = len(node_rows)
+def starting_multiplier(chute, gpu_count: int, *, private: bool, job) -> tuple[float, float, float]:
+    """(multiplier, warmup multiplier, base) a new instance of `chute` on `gpu_count` GPUs starts from (reference
+    §4.9 steps 1-6: before GPU re-pricing and any bounty). Miner rows show it as effective_compute_multiplier."""
     supported = gpu_models.supported(chute["node_selector"])
     base = gpu_count * min((gpu_models.compute_multiplier(m.identifier) for m in supported), default=1.0)
     value = base
@@ -653,6 +635,13 @@ def compute_multiplier(chute, node_rows, *, private: bool, job) -> tuple[float, 
     if chute["tee"]:
         value *= 2.25
         warmup *= 2.25
+    return value, warmup, base
+
+
+def compute_multiplier(chute, node_rows, *, private: bool, job) -> tuple[float, float, float]:
+    """(multiplier, warmup multiplier, hourly rate) of a new instance (reference §4.9 steps 1–7; no bounty yet)."""
+    gpu_count = len(node_rows)
+    value, warmup, base = starting_multiplier(chute, gpu_count, private=private, job=job)
     actual = node_rows[0]["gpu_identifier"].lower()
     if base > 0:
         reprice = gpu_count * gpu_models.compute_multiplier(actual) / base
