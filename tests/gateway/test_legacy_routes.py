@@ -17,7 +17,8 @@ SAMPLES = {"hotkey": ALICE, "version": "0.3.1", "id": "vastai-102", "hash_id": "
 BROKER_PREFIXES = ("/api/v1/", "/health", "/ready", "/metrics", "/admin/v1/")
 BUILT = {"/health", "/ready", "/metrics", "/miner/metagraph", "/servers/nonce", "/api/v1/costs", "/api/v1/costs/summary",
          "/api/v1/inventory", "/api/v1/sessions", "/api/v1/offer-health", "/instances/reconciliation_csv",
-         "/instances/compute_history_csv", "/instances/nonce", "/instances/token_check"}
+         "/instances/compute_history_csv", "/instances/nonce", "/instances/token_check", "/chutes/rolling_updates",
+         "/chutes/utilization", "/nodes/supported", "/miner/stats", "/miner/scores", "/miner/metrics/"}
 
 
 def fill(template: str) -> str:

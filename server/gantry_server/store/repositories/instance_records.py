@@ -112,16 +112,19 @@ class InstanceRecordRepository:
 
 
 async def keyset_pages(engine: AsyncEngine,
-                       fetch: Callable[[InstanceRecordRepository, Any, int], Awaitable[Sequence[Row]]], *,
-                       key: Callable[[Row], Any], limit: int = PAGE_ROWS) -> AsyncIterator[Sequence[Row]]:
+                       fetch: Callable[[Any, Any, int], Awaitable[Sequence[Row]]], *,
+                       key: Callable[[Row], Any], limit: int = PAGE_ROWS,
+                       repository: Callable[[AsyncConnection], Any] = InstanceRecordRepository,
+                       ) -> AsyncIterator[Sequence[Row]]:
     """Pages of `fetch(repo, after, limit)` (at most `limit` rows in key order, after the key `after`), each read
-    on its own pooled connection, until a short page. `key(row)` is a row's keyset value, the next `after`."""
+    on its own pooled connection, until a short page. `key(row)` is a row's keyset value, the next `after`;
+    `repository(conn)` builds the `repo` handed to `fetch` (any repository, e.g. MinerRepository)."""
     if limit < 1:
         raise ValueError("limit must be positive")
     after = None
     while True:
         async with engine.connect() as conn:
-            page = await fetch(InstanceRecordRepository(conn), after, limit)
+            page = await fetch(repository(conn), after, limit)
         if page:
             yield page
         if len(page) < limit:
