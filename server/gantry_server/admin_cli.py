@@ -10,8 +10,11 @@
     gantry admin blacklist set HOTKEY REASON
     gantry admin blacklist clear HOTKEY
     gantry admin image put IMAGE_ID --user-id USER_ID --name vllm --tag 0.8.4 [--patch-version P] [--compute-type cpu]
+                                                                [--chutes-version 0.4.9]
+    gantry admin image delete IMAGE_ID                          # refused while a chute uses the image
     gantry admin chute put [CHUTE_ID] --file chute.json [--disabled | --enabled]
     gantry admin chute delete CHUTE_ID                          # refused while the chute has instances
+    gantry admin chute bounty CHUTE_ID N                        # offer a bounty of N (0..1000000; 0 withdraws it)
     gantry admin job create --file job.json                     # or: --chute-id C --user-id U --method M
                                                                 #     [--job-id J] [--args JSON] [--port rpc:9000/tcp]
 
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", required=True)
     p.add_argument("--patch-version", help='appended as "-<patch_version>" to the tag')
     p.add_argument("--compute-type", choices=("gpu", "cpu"), default="gpu")
+    p.add_argument("--chutes-version", help="version of the chutes SDK the image was built with, e.g. 0.4.9")
+    p = image.add_parser("delete", parents=leaf, help="delete an image no chute uses")
+    p.add_argument("image_id", metavar="IMAGE_ID")
 
     chute = areas.add_parser("chute", help="chutes").add_subparsers(dest="action", required=True)
     p = chute.add_parser("put", parents=leaf, help="create or replace a chute from a JSON file")
@@ -137,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--enabled", dest="disabled", action="store_const", const=False)
     p = chute.add_parser("delete", parents=leaf, help="delete a chute without instances (jobs and configs go too)")
     p.add_argument("chute_id", metavar="CHUTE_ID")
+    p = chute.add_parser("bounty", parents=leaf, help="offer a bounty on the chute's next instance (0 withdraws it)")
+    p.add_argument("chute_id", metavar="CHUTE_ID")
+    p.add_argument("bounty", metavar="N", type=_int32, help="0..1000000")
 
     job = areas.add_parser("job", help="jobs").add_subparsers(dest="action", required=True)
     p = job.add_parser("create", parents=leaf, help="post an unclaimed job for a chute")
@@ -158,6 +167,17 @@ def _json_object(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not JSON: {exc.msg}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _int32(text: str) -> int:
+    """An integer the request can carry (the server checks the range it accepts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not -2 ** 31 <= value < 2 ** 31:
+        raise argparse.ArgumentTypeError(f"{text} is out of range")
     return value
 
 
@@ -296,8 +316,15 @@ async def _image_put(stub, args, timeout):
                                            tag=args.tag, compute_type=args.compute_type)
     if args.patch_version:
         request.patch_version = args.patch_version
+    if args.chutes_version is not None:
+        request.chutes_version = args.chutes_version
     response = await stub.UpsertImage(request, timeout=timeout)
     return {"image_id": response.image_id, "created": response.created}
+
+
+async def _image_delete(stub, args, timeout):
+    await stub.DeleteImage(admin_pb2.DeleteImageRequest(image_id=args.image_id), timeout=timeout)
+    return {"image_id": args.image_id, "deleted": True}
 
 
 async def _chute_put(stub, args, timeout):
@@ -310,6 +337,12 @@ async def _chute_put(stub, args, timeout):
 async def _chute_delete(stub, args, timeout):
     await stub.DeleteChute(admin_pb2.DeleteChuteRequest(chute_id=args.chute_id), timeout=timeout)
     return {"chute_id": args.chute_id, "deleted": True}
+
+
+async def _chute_bounty(stub, args, timeout):
+    response = await stub.SetChuteBounty(admin_pb2.SetChuteBountyRequest(chute_id=args.chute_id,
+                                                                         bounty=args.bounty), timeout=timeout)
+    return {"chute_id": response.chute_id, "bounty": response.bounty if response.HasField("bounty") else None}
 
 
 async def _job_create(stub, args, timeout):
@@ -331,8 +364,10 @@ COMMANDS = {
     ("blacklist", "set"): _blacklist_set,
     ("blacklist", "clear"): _blacklist_clear,
     ("image", "put"): _image_put,
+    ("image", "delete"): _image_delete,
     ("chute", "put"): _chute_put,
     ("chute", "delete"): _chute_delete,
+    ("chute", "bounty"): _chute_bounty,
     ("job", "create"): _job_create,
 }
 

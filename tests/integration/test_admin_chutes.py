@@ -121,17 +121,19 @@ async def add_instance(engine, chute_id: str, instance_id: str = "inst-1", confi
 async def test_an_image_is_created_then_replaced_keeping_its_creation_time(admin, clean_db, clock):
     t0 = clock.now()
     user_id = await new_user(admin)
-    first = await put_image(admin, user_id, patch_version="20260401", compute_type="")
+    first = await put_image(admin, user_id, patch_version="20260401", compute_type="", chutes_version="0.4.9")
     assert (first.image_id, first.created) == ("img-1", True)
     [row] = await rows(clean_db, images)
     assert row == dict(image_id="img-1", user_id=user_id, name="vllm", tag="0.8.4", patch_version="20260401",
-                       compute_type="gpu", created_at=t0, updated_at=t0)  # compute_type defaults to gpu
+                       compute_type="gpu", chutes_version="0.4.9", created_at=t0,
+                       updated_at=t0)  # compute_type defaults to gpu
 
     clock.advance(hours=1)
     second = await put_image(admin, user_id, tag="0.9.0", compute_type="cpu")
     assert second.created is False
     [row] = await rows(clean_db, images)
-    assert (row["tag"], row["patch_version"], row["compute_type"]) == ("0.9.0", None, "cpu")
+    assert (row["tag"], row["patch_version"], row["compute_type"], row["chutes_version"]) == (
+        "0.9.0", None, "cpu", None)
     assert (row["created_at"], row["updated_at"]) == (t0, t0 + timedelta(hours=1))
 
 
@@ -149,9 +151,10 @@ async def test_an_image_needs_an_existing_owner(admin, clean_db):
 
 async def test_bad_image_fields_are_each_named_and_nothing_is_written(admin, clean_db):
     code, details, _, fields = await refusal(admin.UpsertImage, admin_pb2.UpsertImageRequest(
-        image_id="img/1", user_id="alice", name="my image", tag="x" * 256, patch_version="", compute_type="tpu"))
+        image_id="img/1", user_id="alice", name="my image", tag="x" * 256, patch_version="", compute_type="tpu",
+        chutes_version="0.4.9-rc1"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert fields == {"image_id", "user_id", "name", "tag", "patch_version", "compute_type"}
+    assert fields == {"image_id", "user_id", "name", "tag", "patch_version", "compute_type", "chutes_version"}
     assert "tag: must be at most 255 characters" in details and "compute_type: must be \"gpu\" or \"cpu\"" in details
 
     user_id = await new_user(admin)
@@ -173,7 +176,7 @@ async def test_a_chute_is_stored_as_sent(admin, clean_db, clock):
         shutdown_after_seconds=600, concurrency=8, encrypted_fs=True, preemptible=True, max_instances=4,
         node_selector=struct({"gpu_count": 4, "min_vram_gb_per_gpu": 80, "include": ["h100", "h200"],
                               "exclude": [], "compute_type": "gpu"}),
-        jobs=jobs_list), metadata=ADMIN_METADATA)
+        jobs=jobs_list, ref_str="llama.app:chute_70b"), metadata=ADMIN_METADATA)
     assert (response.chute_id, response.created) == ("chute-1", True)
 
     [row] = await rows(clean_db, chutes)
@@ -186,6 +189,7 @@ async def test_a_chute_is_stored_as_sent(admin, clean_db, clock):
         standard_template="vllm", code="import chutes\n\tchute = 1\n", filename="llama.py",
         shutdown_after_seconds=600, concurrency=8, encrypted_fs=True, preemptible=True, max_instances=4,
         jobs=[{"name": "train", "ports": [{"name": "rpc", "port": 9000, "proto": "tcp"}], "timeout": 3600}],
+        ref_str="llama.app:chute_70b", cords=[], bounty=None, bounty_set_at=None,
         created_at=clock.now(), updated_at=clock.now())
     assert type(row["node_selector"]["gpu_count"]) is int  # Struct numbers are doubles; stored as integers
 

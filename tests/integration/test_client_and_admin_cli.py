@@ -123,7 +123,7 @@ async def test_grpc_v1_signed_calls_pass_auth_for_a_registered_hotkey_only(admin
         stub = miner_pb2_grpc.MinerServiceStub(channel)
         for _ in range(2):  # a fresh single-use nonce per call
             code, details = await _code(stub.ReleaseJob, request)
-            assert code == grpc.StatusCode.UNIMPLEMENTED, details
+            assert code == grpc.StatusCode.NOT_FOUND, details  # the handler ran: no such job
         stream = stub.WatchEvents(miner_pb2.WatchEventsRequest())  # server streaming: signed too
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stream.read()
@@ -181,8 +181,9 @@ async def test_an_operator_registers_an_image_and_a_chute_posts_jobs_retires_and
     _, user, _ = await admin("user", "create", "--username", "ops-chutes")
     user_id = user["user_id"]
     code, image, err = await admin("image", "put", "img-cli", "--user-id", user_id, "--name", "vllm",
-                                   "--tag", "0.8.4", "--patch-version", "p1")
+                                   "--tag", "0.8.4", "--patch-version", "p1", "--chutes-version", "0.4.9")
     assert (code, image, err) == (0, {"image_id": "img-cli", "created": True}, "")
+    assert (await _db_rows(clean_db, "SELECT chutes_version FROM images"))[0]["chutes_version"] == "0.4.9"
 
     chute_file = tmp_path / "chute.json"
     chute_file.write_text(json.dumps({
@@ -209,6 +210,12 @@ async def test_an_operator_registers_an_image_and_a_chute_posts_jobs_retires_and
                                              {"name": "media", "port": 5004, "proto": "udp"}]
     assert by_id["job-file"]["compute_multiplier"] == 1.5
 
+    code, offered, _ = await admin("chute", "bounty", "chute-cli", "500")
+    assert (code, offered) == (0, {"chute_id": "chute-cli", "bounty": 500})
+    assert (await _db_rows(clean_db, "SELECT bounty FROM chutes"))[0]["bounty"] == 500
+    code, withdrawn, _ = await admin("chute", "bounty", "chute-cli", "0")
+    assert (code, withdrawn) == (0, {"chute_id": "chute-cli", "bounty": None})
+
     code, retired, _ = await admin("chute", "put", "chute-cli", "--file", str(chute_file), "--disabled")
     assert (code, retired) == (0, {"chute_id": "chute-cli", "created": False, "disabled": True})
     assert (await _db_rows(clean_db, "SELECT disabled FROM chutes"))[0]["disabled"] is True
@@ -216,6 +223,9 @@ async def test_an_operator_registers_an_image_and_a_chute_posts_jobs_retires_and
     code, deleted, _ = await admin("chute", "delete", "chute-cli")
     assert (code, deleted) == (0, {"chute_id": "chute-cli", "deleted": True})
     assert await _db_rows(clean_db, "SELECT chute_id FROM chutes UNION ALL SELECT job_id FROM jobs") == []
+    code, image_gone, _ = await admin("image", "delete", "img-cli")
+    assert (code, image_gone) == (0, {"image_id": "img-cli", "deleted": True})
+    assert await _db_rows(clean_db, "SELECT image_id FROM images") == []
 
 
 @pytest.mark.parametrize(("content", "extra", "says"), [
@@ -237,6 +247,8 @@ async def test_a_bad_chute_file_is_a_usage_error_naming_the_problem(admin, tmp_p
     ("job", "create", "--port", "9000"), ("job", "create", "--port", "rpc:x/tcp"), ("job", "create", "--args", "[1]"),
     ("chute", "put", "c"), ("chute", "put", "c", "--file", "f", "--disabled", "--enabled"),
     ("image", "put", "img", "--user-id", "u", "--name", "n", "--tag", "t", "--compute-type", "tpu"),
+    ("chute", "bounty", "c"), ("chute", "bounty", "c", "lots"), ("chute", "bounty", "c", "99999999999"),
+    ("image", "delete"),
 ])
 async def test_bad_chute_image_and_job_command_lines_exit_2(admin, argv):
     code, out, err = await admin(*argv)
@@ -253,6 +265,12 @@ async def test_server_refusals_of_chute_commands_name_the_field(admin, tmp_path)
     assert code == 1 and err.startswith("gantry admin: INVALID_ARGUMENT: node_selector.gpu_count: ")
     code, _, err = await admin("chute", "delete", "chute-r")
     assert (code, err) == (1, "gantry admin: NOT_FOUND: no chute chute-r\n")
+    code, _, err = await admin("chute", "bounty", "chute-r", "5")
+    assert (code, err) == (1, "gantry admin: NOT_FOUND: chute_id: no chute chute-r\n")
+    code, _, err = await admin("chute", "bounty", "chute-r", "2000000")
+    assert code == 1 and err.startswith("gantry admin: INVALID_ARGUMENT: bounty: must be 0..1,000,000")
+    code, _, err = await admin("image", "delete", "img-404")
+    assert (code, err) == (1, "gantry admin: NOT_FOUND: image_id: no image img-404\n")
     code, _, err = await admin("job", "create", "--chute-id", "chute-r", "--user-id", user["user_id"],
                                "--method", "train", "--port", "api:8000")
     assert code == 1 and "ports[0].port: 8000 is reserved" in err

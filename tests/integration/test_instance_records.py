@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import httpx
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from gantry.admin.v1 import admin_pb2, admin_pb2_grpc
 from gantry.instances.v1 import instances_pb2, instances_pb2_grpc
@@ -328,6 +328,17 @@ async def test_deleting_the_last_active_instance_is_penalised_public_by_0_1_priv
     audit = await one(app, instance_audit, instance_audit.c.instance_id == "last")
     assert audit["compute_multiplier"] == pytest.approx(rate) and audit["bounty"] is bounty
     assert audit["deletion_reason"] == "miner initialized"
+
+
+async def test_replacing_an_instance_left_by_a_rolling_update_is_not_penalised_and_counts_for_stats(app, miners):
+    miner, _ = miners
+    await put_instance(app, "old-version", miner, multiplier=2.0)  # version "1", the chute's only instance
+    async with app.rt.engine.begin() as conn:
+        await conn.execute(update(chutes).where(chutes.c.chute_id == "chute-public").values(version="2"))
+    await delete(app, miner, "old-version")
+    audit = await one(app, instance_audit, instance_audit.c.instance_id == "old-version")
+    assert (audit["compute_multiplier"], audit["bounty"]) == (2.0, True)  # the last-instance penalty is not applied
+    assert "has an old version" in audit["deletion_reason"]  # what stats and scores count as a valid end
 
 
 async def test_no_penalty_while_another_active_instance_serves_the_chute(app, miners):

@@ -1,5 +1,8 @@
 """AdminService: what operators create (metagraph nodes, blacklist, users, API keys and user tokens, measurement
-policies, images, chutes and jobs) and key rotation.
+policies, images, chutes, bounties and jobs) and key rotation.
+
+Every change to images, chutes, bounties and jobs is announced to miners (domain/events catalogue) in the
+transaction that makes it, so a refused or rolled-back call announces nothing.
 
 Every call needs `authorization: Bearer <admin token>` (GANTRY_ADMIN_TOKEN; the embedded default keeps a
 generated one in GANTRY_DATA_DIR/admin_token), checked by the auth interceptor (policy `admin` in
@@ -7,6 +10,7 @@ auth_policy.py). Without a configured token the admin API is off.
 """
 from __future__ import annotations
 
+import keyword
 import math
 import re
 import uuid
@@ -20,7 +24,9 @@ from gantry.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from ..domain.attestation.measurements import MeasurementEntry, merge, problems
 from ..domain.validation import Violations, is_ss58
-from ..domain import key_rotation
+from ..domain import events, key_rotation
+from ..domain.miner import reference, rolling_updates
+from ..domain.miner.jobs import job_created_event
 from ..domain.auth import api_keys, user_tokens
 from ..errors import Conflict, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from ..runtime import Runtime
@@ -60,6 +66,7 @@ _DOTTED_VERSION = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6}){1,3}")
 COMPUTE_TYPES = ("gpu", "cpu")
 MAX_GPU_COUNT = 8
 MAX_BOOST = 1000.0
+MAX_BOUNTY = 1_000_000
 NODE_SELECTOR_KEYS = ("gpu_count", "min_vram_gb_per_gpu", "include", "exclude", "compute_type")
 JOB_PORT_PROTOS = ("tcp", "udp")
 RESERVED_JOB_PORTS = {8000: "the API port", 8001: "the log port"}  # every instance maps these itself
@@ -162,9 +169,33 @@ def _image_row(request: admin_pb2.UpsertImageRequest) -> dict:
         _text(v, "patch_version", patch_version, 64, whitespace=False, optional=True)
     compute_type = request.compute_type or "gpu"
     v.require(compute_type in COMPUTE_TYPES, "compute_type", 'must be "gpu" or "cpu"')
+    chutes_version = request.chutes_version if request.HasField("chutes_version") else None
+    _chutes_version(v, chutes_version)
     v.raise_if_any()
     return dict(image_id=request.image_id, user_id=request.user_id, name=request.name, tag=request.tag,
-                patch_version=patch_version, compute_type=compute_type)
+                patch_version=patch_version, compute_type=compute_type, chutes_version=chutes_version)
+
+
+def _chutes_version(v: Violations, value: str | None) -> None:
+    v.require(value is None or bool(_DOTTED_VERSION.fullmatch(value)), "chutes_version",
+              'must be a dotted numeric version such as "0.4.9"')
+
+
+def _ref_str(v: Violations, given: str | None, filename: str) -> str:
+    """What a miner runs: "{module}:{variable}", the module dotted. Absent, the chutes SDK's default: the chute
+    file's module and its variable `chute` ("main:chute" without a file name)."""
+    ref = given if given is not None else f"{filename.removesuffix('.py') or 'main'}:chute"
+    module, _, variable = ref.partition(":")
+    valid = len(ref) <= 255 and all(_identifier(part) for part in (*module.split("."), variable))
+    if given is None and any(item.field == "filename" for item in v.items):
+        return ref  # the refused filename is the one problem to report
+    v.require(valid, "ref_str", 'must be "module:variable" (a dotted module, Python identifiers)' if given is not None
+              else f'absent, so derived from filename as "{ref}", which is not "module:variable"; give ref_str')
+    return ref
+
+
+def _identifier(name: str) -> bool:
+    return name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
 
 
 def _chute_row(request: admin_pb2.UpsertChuteRequest) -> dict:
@@ -182,8 +213,7 @@ def _chute_row(request: admin_pb2.UpsertChuteRequest) -> dict:
         return getattr(request, field) if request.HasField(field) else None
 
     chutes_version = given("chutes_version")
-    v.require(chutes_version is None or bool(_DOTTED_VERSION.fullmatch(chutes_version)), "chutes_version",
-              'must be a dotted numeric version such as "0.4.9"')
+    _chutes_version(v, chutes_version)
     node_selector = _node_selector(request.node_selector, v)
     boost = given("boost")
     v.require(boost is None or 0 < boost <= MAX_BOOST, "boost", f"must be > 0 and <= {MAX_BOOST:g}")
@@ -197,6 +227,8 @@ def _chute_row(request: admin_pb2.UpsertChuteRequest) -> dict:
     for field in ("shutdown_after_seconds", "concurrency", "max_instances"):
         v.require(given(field) is None or given(field) > 0, field, "must be > 0 when given")
     jobs = _json_list(request.jobs, "jobs", v)
+    cords = _json_list(request.cords, "cords", v)
+    ref_str = _ref_str(v, given("ref_str"), request.filename)
     v.raise_if_any()
     return dict(chute_id=request.chute_id, user_id=request.user_id, name=request.name, image_id=request.image_id,
                 version=request.version, chutes_version=chutes_version, node_selector=node_selector,
@@ -205,7 +237,7 @@ def _chute_row(request: admin_pb2.UpsertChuteRequest) -> dict:
                 standard_template=standard_template, code=request.code, filename=request.filename,
                 shutdown_after_seconds=given("shutdown_after_seconds"), concurrency=given("concurrency"),
                 encrypted_fs=request.encrypted_fs, preemptible=request.preemptible,
-                max_instances=given("max_instances"), jobs=jobs)
+                max_instances=given("max_instances"), jobs=jobs, ref_str=ref_str, cords=cords)
 
 
 def _job_ports(ports, v: Violations) -> list[dict]:
@@ -240,14 +272,32 @@ def _job_row(request: admin_pb2.CreateJobRequest) -> dict:
                 ports=ports, compute_multiplier=multiplier)
 
 
+def _only_id(field: str, value: str) -> None:
+    """The check of a request that names one row by id."""
+    v = Violations()
+    _id(v, field, value)
+    v.raise_if_any()
+
+
 def _missing(field: str, value: str) -> NotFound:
     noun, reason = _MISSING[field]
     return NotFound(f"{field}: no {noun} {value}", reason=reason, metadata={"field": field})
 
 
-async def _require_user(conn, user_id: str) -> None:
-    if await UserRepository(conn).get(user_id) is None:
+async def _require_user(conn, user_id: str):
+    user = await UserRepository(conn).get(user_id)
+    if user is None:
         raise _missing("user_id", user_id)
+    return user
+
+
+def _image_event(row: dict, created: bool, *, owner: str, chute_ids: list[str]) -> events.Event:
+    if created:
+        return events.image_created(row["image_id"])
+    return events.image_updated(
+        row["image_id"], short_tag=row["tag"], patch_version=row["patch_version"],
+        chutes_version=row["chutes_version"], chute_ids=chute_ids,
+        image=reference.image_reference(owner, row["name"], row["tag"], row["patch_version"]))
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -364,25 +414,59 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     # -- images, chutes and jobs (reference §3.1) ---------------------------------------------------------------
     async def UpsertImage(self, request, context):
+        """Create or replace an image: image_created, or image_updated with the reference miners now pull and
+        the chutes that use it (a stock miner rewrites those chutes' image and chutes_version)."""
         row = _image_row(request)
+        now = self.rt.clock.now()
         try:
             async with unit_of_work(self.rt.engine) as conn:
-                await _require_user(conn, row["user_id"])
-                created = await ChuteRepository(conn).upsert_image(row, now=self.rt.clock.now())
+                owner = await _require_user(conn, row["user_id"])
+                repo = ChuteRepository(conn)
+                created = await repo.upsert_image(row, now=now)
+                chute_ids = [] if created else await repo.chute_ids_of_image(row["image_id"])
+                await events.publish(conn, _image_event(row, created, owner=owner["username"], chute_ids=chute_ids),
+                                     now=now)
         except MissingReference as exc:  # the owner went away between the check and the write
             raise _missing(exc.field, row[exc.field]) from None
         return admin_pb2.UpsertImageResponse(image_id=row["image_id"], created=created)
 
+    async def DeleteImage(self, request, context):
+        """Refused while a chute uses the image (delete or re-point those chutes first). The image row stays
+        locked from the check to the delete, so no chute can start using it in between."""
+        _only_id("image_id", request.image_id)
+        now = self.rt.clock.now()
+        async with unit_of_work(self.rt.engine) as conn:
+            repo = ChuteRepository(conn)
+            if await repo.lock_image(request.image_id) is None:
+                raise _missing("image_id", request.image_id)
+            using = await repo.chute_ids_of_image(request.image_id)
+            if using:
+                shown = ", ".join(using[:10]) + (", ..." if len(using) > 10 else "")
+                raise FailedPrecondition(
+                    f"image {request.image_id} is used by {len(using)} chute{'s' if len(using) != 1 else ''} "
+                    f"({shown}): delete them or point them at another image first", reason="IMAGE_IN_USE",
+                    metadata={"chutes": str(len(using))}, http_status=409)
+            await repo.delete_image(request.image_id)
+            await events.publish(conn, events.image_deleted(request.image_id), now=now)
+        return admin_pb2.DeleteImageResponse()
+
     async def UpsertChute(self, request, context):
         """Create or replace the whole chute; also how an operator disables one (disabled=true) before deleting it."""
         row = _chute_row(request)
+        now = self.rt.clock.now()
         try:
             async with unit_of_work(self.rt.engine) as conn:
                 repo = ChuteRepository(conn)
                 await _require_user(conn, row["user_id"])
                 if await repo.get_image(row["image_id"]) is None:
                     raise _missing("image_id", row["image_id"])
-                created = await repo.upsert_chute(row, now=self.rt.clock.now())
+                before = await repo.lock_chute(row["chute_id"])  # the version being replaced, held until commit
+                created = await repo.upsert_chute(row, now=now)
+                announce = events.chute_created if created else events.chute_updated
+                await events.publish(conn, announce(row["chute_id"], row["version"],
+                                                    reference.job_only(row["cords"], row["jobs"])), now=now)
+                if before is not None and before["version"] != row["version"]:
+                    await rolling_updates.begin(conn, row["chute_id"], before["version"], row["version"], now=now)
         except MissingReference as exc:
             raise _missing(exc.field, row[exc.field]) from None
         return admin_pb2.UpsertChuteResponse(chute_id=row["chute_id"], created=created)
@@ -395,7 +479,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument.field("chute_id", "required: a chute id (at most 36 characters)")
         async with unit_of_work(self.rt.engine) as conn:
             repo = ChuteRepository(conn)
-            if await repo.lock_chute(chute_id) is None:
+            chute = await repo.lock_chute(chute_id)
+            if chute is None:
                 raise NotFound(f"no chute {chute_id}", reason="CHUTE_NOT_FOUND")
             count = await repo.count_instances(chute_id)
             if count:
@@ -404,11 +489,29 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     f"(UpsertChute with disabled=true) and delete it once its instances are gone",
                     reason="CHUTE_HAS_INSTANCES", metadata={"instances": str(count)}, http_status=409)
             await repo.delete_chute(chute_id)  # its launch configs and jobs cascade
+            await events.publish(conn, events.chute_deleted(chute_id, chute["version"]), now=self.rt.clock.now())
         return admin_pb2.DeleteChuteResponse()
 
+    async def SetChuteBounty(self, request, context):
+        """Offer a bounty on the chute's next instance, or withdraw it with 0; every miner hears bounty_change."""
+        v = Violations()
+        _id(v, "chute_id", request.chute_id)
+        v.require(0 <= request.bounty <= MAX_BOUNTY, "bounty", f"must be 0..{MAX_BOUNTY:,} (0 withdraws the bounty)")
+        v.raise_if_any()
+        now = self.rt.clock.now()
+        async with unit_of_work(self.rt.engine) as conn:
+            if not await ChuteRepository(conn).set_bounty(request.chute_id, request.bounty or None, now=now):
+                raise _missing("chute_id", request.chute_id)
+            await events.publish(conn, events.bounty_change(request.chute_id, request.bounty), now=now)
+        response = admin_pb2.SetChuteBountyResponse(chute_id=request.chute_id)
+        if request.bounty:
+            response.bounty = request.bounty
+        return response
+
     async def CreateJob(self, request, context):
-        """An unclaimed job (status "pending"); the job_created event for miners is not published yet."""
+        """An unclaimed job (status "pending"), announced to every miner as job_created."""
         row = _job_row(request)
+        now = self.rt.clock.now()
         try:
             async with unit_of_work(self.rt.engine) as conn:
                 repo = ChuteRepository(conn)
@@ -419,9 +522,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     raise FailedPrecondition(f"chute_id: chute {row['chute_id']} is disabled; no miner can run "
                                              f"its jobs", reason="CHUTE_DISABLED", metadata={"field": "chute_id"})
                 await _require_user(conn, row["user_id"])
-                if not await repo.create_job(row, now=self.rt.clock.now()):
+                if not await repo.create_job(row, now=now):
                     raise Conflict(f"job_id: a job {row['job_id']} already exists", reason="JOB_EXISTS",
                                    metadata={"field": "job_id"})
+                await events.publish(conn, job_created_event(await repo.get_job(row["job_id"]), chute), now=now)
         except MissingReference as exc:
             raise _missing(exc.field, row[exc.field]) from None
         return admin_pb2.CreateJobResponse(job_id=row["job_id"])

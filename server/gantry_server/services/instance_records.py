@@ -18,7 +18,10 @@ from datetime import datetime, timedelta, timezone
 
 from gantry.instances.v1 import instances_pb2
 
+from ..domain import events
 from ..domain.auth.caller import current_caller
+from ..domain.launch.launcher import instance_deleted_event
+from ..domain.miner.scoring import OLD_VERSION_MARKER
 from ..domain.validation import Violations
 from ..errors import NotFound
 from ..runtime import Runtime
@@ -37,6 +40,10 @@ COMPUTE_HISTORY_HEADER = ("instance_id", "compute_multiplier", "started_at", "en
 # (factor on the open compute-history row and the audit multiplier, whether the audit loses its bounty).
 DELETE_PENALTY: dict[bool, tuple[float, bool]] = {True: (0.1, True), False: (0.0, False)}
 DELETION_REASON = "miner initialized"
+# A miner replacing an instance left behind by a rolling update (its version is no longer the chute's): no delete
+# penalty, and a reason that stats and scores count (domain/miner/scoring.OLD_VERSION_MARKER), as when the
+# reference's validator removes old versions itself.
+OLD_VERSION_REASON = "miner replaced it: version {old} of chute {chute_id} " + OLD_VERSION_MARKER + " (now {new})"
 JOB_TERMINATED = "Instance was terminated by miner: {hotkey}"
 
 # Chute and instance ids are at most 36 characters (models.py); anything else cannot name a row.
@@ -105,8 +112,9 @@ class InstanceRecordRpcs:
         return instances_pb2.DisableInstanceResponse(instance_id=request.instance_id, disabled=True)
 
     async def DeleteInstance(self, request, context):
-        """Fail the instance's unfinished job, penalise the last active instance of its chute, delete it: one
-        transaction. The chute row is locked first so that concurrent deletes of a chute's instances queue, and
+        """Fail the instance's unfinished job, penalise the last active instance of its chute, delete it, and
+        announce it (instance_deleted to the owner, job_deleted for the job it ended): one transaction. The chute
+        row is locked first so that concurrent deletes of a chute's instances queue, and
         the last of them sees that it is the last (without the lock each would see the others still active)."""
         _owned_instance(request)
         hotkey = current_caller.get().hotkey
@@ -114,14 +122,24 @@ class InstanceRecordRpcs:
         async with unit_of_work(self.rt.engine) as conn:
             records = InstanceRecordRepository(conn)
             chute = await ChuteRepository(conn).lock_chute(request.chute_id)
-            if chute is None or await records.owned(request.chute_id, request.instance_id, hotkey,
-                                                    for_update=True) is None:
+            instance = None if chute is None else await records.owned(request.chute_id, request.instance_id,
+                                                                      hotkey, for_update=True)
+            if instance is None:
                 raise _not_found(request)
-            await records.fail_unfinished_jobs(request.instance_id, now, JOB_TERMINATED.format(hotkey=hotkey))
-            if not await records.other_active_exists(request.chute_id, request.instance_id):
+            ended = await records.fail_unfinished_jobs(request.instance_id, now,
+                                                       JOB_TERMINATED.format(hotkey=hotkey))
+            reason = DELETION_REASON
+            if instance["version"] != chute["version"]:
+                reason = OLD_VERSION_REASON.format(old=instance["version"], chute_id=chute["chute_id"],
+                                                   new=chute["version"])
+            elif not await records.other_active_exists(request.chute_id, request.instance_id):
                 factor, clear_bounty = DELETE_PENALTY[bool(chute["public"])]
                 await records.penalise(request.instance_id, factor, clear_bounty=clear_bounty)
-            await InstanceRepository(conn).delete(request.instance_id, now, DELETION_REASON)
+            gone = await InstanceRepository(conn).delete(request.instance_id, now, reason)
+            await events.publish(conn, instance_deleted_event(gone, reason), now=now)
+            for job_id in ended:
+                await events.publish(conn, events.job_deleted(instance_id=request.instance_id, job_id=job_id),
+                                     now=now)
         return instances_pb2.DeleteInstanceResponse(instance_id=request.instance_id, deleted=True)
 
 

@@ -63,11 +63,12 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
 REASONS = frozenset(CATALOGUE)
 
 
-def _public(reason: str, message: str | None = None, **data: Any) -> Event:
+def _public(reason: str, message: str | None = None, /, **data: Any) -> Event:
     return Event(reason, data, message)
 
 
-def _owner(reason: str, hotkey: str, message: str | None = None, **data: Any) -> Event:
+def _owner(reason: str, hotkey: str, message: str | None = None, /, **data: Any) -> Event:
+    # positional-only: rolling_update's payload has a `reason` key of its own
     return Event(reason, data, message, recipients=(hotkey,))
 
 

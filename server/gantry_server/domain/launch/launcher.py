@@ -6,6 +6,9 @@ config a caller speaks for (the interceptor checks it); the database decides *wh
 replayed or raced is refused however many replicas see it. Verify and activate may reuse a retrieved config.
 Every failure after that one-time claim is recorded on the row (`failed_at`, `verification_error`) and frees
 the GPUs (the instance is deleted, its audit row keeps the reason).
+
+The instance's owner is told of each step (instance_created, _verified, _activated, _deleted; domain/events) in
+the transaction that takes it.
 """
 from __future__ import annotations
 
@@ -26,11 +29,11 @@ from ...errors import (Conflict, FailedPrecondition, GantryError, InvalidArgumen
 from ...store import redis_keys
 from ...store.db import unit_of_work
 from ...store.repositories.chutes import ChuteRepository
-from ...store.repositories.instances import ChuteCounts, InstanceRepository
+from ...store.repositories.instances import EXPIRED_PENDING, ChuteCounts, InstanceRepository
 from ...store.repositories.launch_configs import MAX_JOB_RACERS, LaunchConfigRepository
 from ...store.repositories.metagraph import MetagraphRepository
 from ...store.repositories.servers import ServerRepository
-from .. import graval
+from .. import events, graval
 from ..miner.reference import job_disk_gb
 from ..attestation import RUNTIME, AttestationFailure
 from . import gpus as gpu_models
@@ -110,6 +113,14 @@ class ClaimRefused(Exception):
 
 def _locked(message: str, reason: str) -> GantryError:
     return FailedPrecondition(message, reason=reason, http_status=LOCKED)
+
+
+def instance_deleted_event(instance, reason: str) -> events.Event:
+    """The instance_deleted event of a deleted instance (a row with instance_id, chute_id, miner_hotkey,
+    config_id, as InstanceRepository.delete answers it)."""
+    return events.instance_deleted(chute_id=instance["chute_id"], miner_hotkey=instance["miner_hotkey"],
+                                   instance_id=instance["instance_id"], config_id=instance["config_id"],
+                                   reason=reason)
 
 
 class Launcher:
@@ -249,7 +260,9 @@ class Launcher:
         async with unit_of_work(self.rt.engine) as conn:
             await LaunchConfigRepository(conn).mark_failed(config_id, now, refused.error.message)
             if refused.delete_instance:
-                await InstanceRepository(conn).delete(refused.delete_instance, now, refused.error.message)
+                gone = await InstanceRepository(conn).delete(refused.delete_instance, now, refused.error.message)
+                if gone is not None:
+                    await events.publish(conn, instance_deleted_event(gone, refused.error.message), now=now)
         return refused.error
 
     # -- claims ---------------------------------------------------------------------------------------------
@@ -338,6 +351,9 @@ class Launcher:
                     if not await LaunchConfigRepository(conn).attach_job(job_id, instance_id, args.port_mappings):
                         raise NotFound(f"Job {job_id} no longer exists", reason="JOB_NOT_FOUND")
                 instance = await instances.get(instance_id)
+                await events.publish(conn, events.instance_created(
+                    chute_id=chute["chute_id"], gpu_count=len(node_rows), gpu_model_name=node_rows[0]["name"],
+                    miner_hotkey=hotkey, instance_id=instance_id, config_id=config_id), now=now)
         except IntegrityError:
             raise ClaimRefused(Conflict("a GPU, or the host and port, of this claim was taken by another instance "
                                         "at the same moment", reason="NODE_TAKEN")) from None
@@ -393,7 +409,9 @@ class Launcher:
         if len(uuids) != want:
             raise InvalidArgument(f"gpus: chute {chute['chute_id']} needs {want} GPU(s), the claim lists "
                                   f"{len(uuids)}", reason="INVALID_NODES")
-        await InstanceRepository(conn).expire_pending(uuids, self._now() - ACTIVATION_DEADLINE, self._now())
+        now = self._now()
+        for gone in await InstanceRepository(conn).expire_pending(uuids, now - ACTIVATION_DEADLINE, now):
+            await events.publish(conn, instance_deleted_event(gone, EXPIRED_PENDING), now=now)
         found = await InstanceRepository(conn).candidate_nodes(uuids)
         include = {g.lower() for g in selector.get("include") or []}
         exclude = {g.lower() for g in selector.get("exclude") or []}
@@ -550,6 +568,8 @@ class Launcher:
                 raise FailedPrecondition(f"Launch config {config['config_id']} was verified or failed meanwhile",
                                          reason="ALREADY_VERIFIED")
             await InstanceRepository(conn).mark_verified(instance["instance_id"], now)
+            await events.publish(conn, events.instance_verified(instance_id=instance["instance_id"],
+                                                           miner_hotkey=instance["miner_hotkey"]), now=now)
             job = None
             if config["job_id"]:
                 await LaunchConfigRepository(conn).start_job(config["job_id"], now)
@@ -596,7 +616,8 @@ class Launcher:
                 except GantryError as error:
                     refusal = error
             if refusal is not None:
-                await instances.delete(instance["instance_id"], now, refusal.message)
+                gone = await instances.delete(instance["instance_id"], now, refusal.message)
+                await events.publish(conn, instance_deleted_event(gone, refusal.message), now=now)
             else:
                 stop_billing_at = None
                 if instance["billed_to"] is not None:
@@ -605,6 +626,9 @@ class Launcher:
                                          warmup_multiplier=instance["warmup_compute_multiplier"],
                                          created_at=instance["created_at"],
                                          compute_multiplier=instance["compute_multiplier"] or 0.0)
+                await events.publish(conn, events.instance_activated(
+                    chute_id=instance["chute_id"], miner_hotkey=instance["miner_hotkey"],
+                    instance_id=instance["instance_id"], config_id=config_id), now=now)
         if refusal is not None:
             raise refusal
 

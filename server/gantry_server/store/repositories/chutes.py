@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, literal_column, select
+from sqlalchemy import delete, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..models import chutes, images, instances, jobs
+from ..models import chutes, images, instances, jobs, rolling_updates
 
 # Foreign keys a write here can trip -> the referencing column a caller named (constraint names from the
 # naming convention in models.py; migration 0007 creates them under the same names).
@@ -55,6 +55,16 @@ class ChuteRepository:
     async def get_image(self, image_id: str) -> RowMapping | None:
         return (await self.conn.execute(select(images).where(images.c.image_id == image_id))).mappings().first()
 
+    async def lock_image(self, image_id: str) -> RowMapping | None:
+        """The image, row-locked until the transaction ends: a chute insert naming it (its foreign key takes a
+        key-share lock on the image) waits, so chute_ids_of_image stays true until a delete commits."""
+        stmt = select(images).where(images.c.image_id == image_id).with_for_update()
+        return (await self.conn.execute(stmt)).mappings().first()
+
+    async def chute_ids_of_image(self, image_id: str) -> list[str]:
+        stmt = select(chutes.c.chute_id).where(chutes.c.image_id == image_id).order_by(chutes.c.chute_id)
+        return list((await self.conn.execute(stmt)).scalars())
+
     async def get_chute(self, chute_id: str) -> RowMapping | None:
         return (await self.conn.execute(select(chutes).where(chutes.c.chute_id == chute_id))).mappings().first()
 
@@ -79,8 +89,35 @@ class ChuteRepository:
 
     async def upsert_chute(self, row: dict[str, Any], *, now: datetime) -> bool:
         """Create or replace by chute_id; True when created. A replace keeps created_at and rewrites every other
-        column (an absent optional is NULL again). Raises MissingReference("user_id" | "image_id")."""
+        column of `row` (an absent optional is NULL again); the bounty (set_bounty) is not the row's and stays.
+        Raises MissingReference("user_id" | "image_id")."""
         return await self._upsert(chutes, chutes.c.chute_id, row, now)
+
+    async def delete_image(self, image_id: str) -> bool:
+        """Delete the image; False when there was none. Check chute_ids_of_image first under lock_image (the
+        chutes' foreign key refuses the delete of an image in use)."""
+        result = await self.conn.execute(delete(images).where(images.c.image_id == image_id))
+        return result.rowcount == 1
+
+    async def set_bounty(self, chute_id: str, bounty: int | None, *, now: datetime) -> bool:
+        """Offer `bounty` on the chute, or withdraw it (None clears bounty and bounty_set_at). Raising or
+        lowering a standing bounty keeps its bounty_set_at: the boost an instance gets grows with the offer's
+        age, which a change of amount does not reset. False when there is no such chute."""
+        values: dict[str, Any] = {"bounty": None, "bounty_set_at": None}
+        if bounty is not None:
+            values = {"bounty": bounty, "bounty_set_at": func.coalesce(chutes.c.bounty_set_at, now)}
+        result = await self.conn.execute(update(chutes).where(chutes.c.chute_id == chute_id).values(**values))
+        return result.rowcount == 1
+
+    async def start_rolling_update(self, chute_id: str, old_version: str, new_version: str, *,
+                                   now: datetime) -> None:
+        """Record that the chute's instances move from `old_version` to `new_version` (one row per chute: a
+        newer update replaces the one in progress)."""
+        values = dict(chute_id=chute_id, old_version=old_version, new_version=new_version, started_at=now)
+        stmt = insert(rolling_updates).values(**values)
+        await self.conn.execute(stmt.on_conflict_do_update(
+            index_elements=[rolling_updates.c.chute_id],
+            set_={k: stmt.excluded[k] for k in ("old_version", "new_version", "started_at")}))
 
     async def delete_chute(self, chute_id: str) -> bool:
         """Delete the chute; its launch configs and jobs (and instances, so check count_instances first under

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..models import instance_audit, instance_compute_history, instance_nodes, instances, nodes
 
+EXPIRED_PENDING = "not activated within 3.5 h of its claim"  # deletion reason of expire_pending
 _AUDIT_FIELDS = ("instance_id", "chute_id", "version", "miner_uid", "miner_hotkey", "region", "created_at",
                  "billed_to", "stop_billing_at", "compute_multiplier", "hourly_rate", "bounty")
 
@@ -28,6 +29,14 @@ class ChuteCounts:
     active: int  # active and verified
     live: int  # not disabled after activation: pending plus active
     hotkey: int  # the asking miner's
+
+
+def chute_count_columns() -> tuple:
+    """The total, active and live aggregates of ChuteCounts over `instances` rows (labelled so), for one chute's
+    rows or per chute in a GROUP BY (GET /chutes/utilization)."""
+    c = instances.c
+    return (func.count().label("total"), func.count().filter(and_(c.active, c.verified)).label("active"),
+            func.count().filter(not_(and_(c.active.is_(False), c.activated_at.is_not(None)))).label("live"))
 
 
 class InstanceRepository:
@@ -55,10 +64,7 @@ class InstanceRepository:
     async def counts(self, chute_id: str, hotkey: str) -> ChuteCounts:
         c = instances.c
         row = (await self.conn.execute(select(
-            func.count(),
-            func.count().filter(and_(c.active, c.verified)),
-            func.count().filter(not_(and_(c.active.is_(False), c.activated_at.is_not(None)))),
-            func.count().filter(c.miner_hotkey == hotkey),
+            *chute_count_columns(), func.count().filter(c.miner_hotkey == hotkey),
         ).where(c.chute_id == chute_id))).one()
         return ChuteCounts(*row)
 
@@ -77,16 +83,24 @@ class InstanceRepository:
                                        .where(nodes.c.uuid.in_(wanted)))
         return {r["uuid"]: dict(r) for r in rows.mappings()}
 
-    async def expire_pending(self, node_ids: Iterable[str], created_before: datetime, now: datetime) -> list[str]:
+    async def of_version(self, chute_id: str, version: str) -> list[RowMapping]:
+        """(instance_id, miner_hotkey) of the chute's instances that run `version`, in instance_id order."""
+        c = instances.c
+        stmt = (select(c.instance_id, c.miner_hotkey).where(c.chute_id == chute_id, c.version == version)
+                .order_by(c.instance_id))
+        return list((await self.conn.execute(stmt)).mappings())
+
+    async def expire_pending(self, node_ids: Iterable[str], created_before: datetime,
+                             now: datetime) -> list[RowMapping]:
         """Delete the never-activated instances holding these GPUs that were created before the cutoff: their
-        launch tokens have expired, so they can no longer activate, and their GPUs go back to the miner."""
+        launch tokens have expired, so they can no longer activate, and their GPUs go back to the miner.
+        Answers what `delete` answers for each one deleted."""
         holders = (select(instance_nodes.c.instance_id).where(instance_nodes.c.node_id.in_(list(node_ids))))
         stale = (await self.conn.execute(select(instances.c.instance_id).where(
             instances.c.instance_id.in_(holders), instances.c.activated_at.is_(None),
             instances.c.created_at < created_before).with_for_update(skip_locked=True))).scalars().all()
-        for instance_id in stale:
-            await self.delete(instance_id, now, "not activated within 3.5 h of its claim")
-        return list(stale)
+        gone = [await self.delete(instance_id, now, EXPIRED_PENDING) for instance_id in stale]
+        return [row for row in gone if row is not None]
 
     async def create(self, row: dict[str, Any], node_ids: list[str]) -> None:
         await self.conn.execute(insert(instances).values(**row))
@@ -124,16 +138,20 @@ class InstanceRepository:
             instance_id=instance_id, compute_multiplier=compute_multiplier, started_at=now))
 
     async def delete(self, instance_id: str, now: datetime, reason: str, *,
-                     valid_termination: bool | None = None) -> bool:
-        """Remove the instance (its GPUs are freed), stamp the audit row and close the open history row."""
-        gone = (await self.conn.execute(delete(instances).where(instances.c.instance_id == instance_id)
-                                        .returning(instances.c.instance_id))).first()
+                     valid_termination: bool | None = None) -> RowMapping | None:
+        """Remove the instance (its GPUs are freed), stamp the audit row and close the open history row. Answers
+        (instance_id, chute_id, miner_hotkey, config_id) of the deleted row, what its instance_deleted event
+        names; None when there was no such instance."""
+        c = instances.c
+        gone = (await self.conn.execute(delete(instances).where(c.instance_id == instance_id)
+                                        .returning(c.instance_id, c.chute_id, c.miner_hotkey, c.config_id)
+                                        )).mappings().first()
         if gone is None:
-            return False
+            return None
         await self.conn.execute(update(instance_audit).where(instance_audit.c.instance_id == instance_id).values(
             deleted_at=now, deletion_reason=reason[:4000], valid_termination=valid_termination))
         await self._close_history(instance_id, now)
-        return True
+        return gone
 
     async def _close_history(self, instance_id: str, now: datetime) -> None:
         await self.conn.execute(update(instance_compute_history).where(
