@@ -7,6 +7,11 @@
 
 We bind the socket ourselves so a taken address is an OSError for the CLI's one-line message (uvicorn would
 call sys.exit), and we leave signal handling to the caller (`gantry serve` owns SIGTERM/SIGINT).
+
+In-process, the same port also serves the miners' Socket.IO feed at /socket.io/ (websocket transport only;
+gantry_server.domain.events.socketio_adapter): one path-prefix test sends /socket.io/ to python-socketio and
+every other request straight to the gateway. Websockets use websockets' sans-I/O protocol ("websockets-sansio"; the
+"websockets" one is its deprecated legacy API); HTTP parsing stays httptools.
 """
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ import asyncio
 import contextlib
 import socket
 
+import socketio
 import uvicorn
 
+from gantry_server.domain.events.socketio_adapter import MinerSockets
+from gantry_server.interceptors.auth import AuthInterceptor
 from gantry_server.services.registry import SERVICES
 
 from .app import Gateway
@@ -59,7 +67,7 @@ class HttpServer:
         sock = _bind(self.addr)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, loop="none", lifespan="off", log_config=None, access_log=False,
-                                http="httptools", ws="none", timeout_keep_alive=120,
+                                http="httptools", ws="websockets-sansio", timeout_keep_alive=120,
                                 h11_max_incomplete_event_size=1 << 20)
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
@@ -77,6 +85,9 @@ class HttpServer:
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is None:
             return
+        close = getattr(self.app, "close", None)  # Socket.IO sessions: drop them so miners reconnect elsewhere
+        if close is not None:
+            await close()
         self._server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
@@ -87,10 +98,43 @@ class HttpServer:
         self._task = None
 
 
-def in_process_gateway(gantry_app, **kw) -> Gateway:
-    """The gateway `gantry serve` runs: in-process dispatch through the app's interceptor chain."""
-    return Gateway.for_services([s.descriptor for s in SERVICES],
-                                InProcessDispatcher(gantry_app.servicers, gantry_app.interceptors), **kw)
+def in_process_gateway(gantry_app, **kw):
+    """The gateway `gantry serve` runs: in-process dispatch through the app's interceptor chain, and the miners'
+    Socket.IO feed at /socket.io/ when the app has an event hub (rt.events)."""
+    gateway = Gateway.for_services([s.descriptor for s in SERVICES],
+                                   InProcessDispatcher(gantry_app.servicers, gantry_app.interceptors), **kw)
+    rt = gantry_app.rt
+    if rt is None or getattr(rt, "events", None) is None:
+        return gateway
+    return MinerSocketApp(gateway, gantry_app)
+
+
+_SOCKETIO_PREFIX = "/socket.io"
+
+
+class MinerSocketApp(socketio.ASGIApp):
+    """The gateway plus Socket.IO at /socket.io/ for stock miner agents. `sockets` is the protocol adapter (its
+    `auth_timeout` may be changed while running)."""
+
+    def __init__(self, gateway: Gateway, gantry_app) -> None:
+        self.sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"], cors_allowed_origins=[],
+                                        logger=False, engineio_logger=False)
+        auth = next(i for i in gantry_app.interceptors if isinstance(i, AuthInterceptor))
+        self.sockets = MinerSockets.for_runtime(
+            self.sio, lambda: gantry_app.rt, auth.check_registered,
+            auth_timeout=gantry_app.settings.miner.socketio_auth_timeout_seconds)
+        self.gateway = gateway
+        super().__init__(self.sio, other_asgi_app=gateway, socketio_path="socket.io")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(_SOCKETIO_PREFIX):
+            # REST pays one prefix test and one await (~0.4 us measured; engineio's own routing ~0.7 us)
+            await self.gateway(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def close(self) -> None:
+        await self.sockets.close()
 
 
 def remote_gateway(upstream: str, **kw) -> Gateway:

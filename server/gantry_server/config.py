@@ -342,6 +342,7 @@ class MinerSettings:
     events_subscriber_buffer: int = 1000  # events a subscriber may lag behind before it is dropped
     events_relay_poll_seconds: float = 2.0  # outbox sweep besides LISTEN/NOTIFY (crash recovery, lost notifies)
     stats_cache_seconds: float = 300.0  # GetStats / GetScores / unique chute history results are reused this long
+    socketio_auth_timeout_seconds: float = 30.0  # a Socket.IO session must authenticate within this
     background_loops: bool = True  # tests that drive the relay by hand turn its loop off
 
 
@@ -353,7 +354,8 @@ def _miner_from_env(get) -> MinerSettings:
             ("GANTRY_EVENTS_HEARTBEAT_SECONDS", "events_heartbeat_seconds", float),
             ("GANTRY_EVENTS_SUBSCRIBER_BUFFER", "events_subscriber_buffer", int),
             ("GANTRY_EVENTS_RELAY_POLL_SECONDS", "events_relay_poll_seconds", float),
-            ("GANTRY_MINER_STATS_CACHE_SECONDS", "stats_cache_seconds", float)):
+            ("GANTRY_MINER_STATS_CACHE_SECONDS", "stats_cache_seconds", float),
+            ("GANTRY_SOCKETIO_AUTH_TIMEOUT_SECONDS", "socketio_auth_timeout_seconds", float)):
         if v := get(env_name):
             kw[key] = _positive(env_name, v, cast)
     return MinerSettings(**kw)

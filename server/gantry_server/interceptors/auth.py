@@ -199,6 +199,11 @@ class AuthInterceptor(AsyncServerInterceptor):
             return True
         return parts.proxies.trusts(peer_ip(context.peer()))
 
+    async def check_registered(self, hotkey: str) -> None:
+        """The metagraph checks of a registered-hotkey RPC for a caller outside gRPC (the Socket.IO adapter):
+        PermissionDenied when blacklisted, Unauthenticated when not registered on settings.netuid."""
+        await self._check_metagraph(self._get_parts().rt, hotkey, True)
+
     async def _check_metagraph(self, rt: Runtime, hotkey: str, must_register: bool) -> bool:
         row = await self._metagraph.get(rt, hotkey)
         if row is not None and row.blacklist_reason:
