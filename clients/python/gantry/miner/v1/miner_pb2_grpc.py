@@ -200,8 +200,10 @@ class MinerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMetrics(self, request, context):
-        """GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored); one row per chute
-        over the last hour, cached for a few minutes.
+        """GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored). One row per chute
+        with an activated instance alive in the last hour: the time-weighted average compute multiplier, the
+        instance count and the mean price per second. Gantry does not route invocations, so total_invocations,
+        total_compute_time, error_count and rate_limit_count are always 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,24 +227,25 @@ class MinerServiceServicer:
 
     def GetStats(self, request, context):
         """GET /miner/stats?miner_hotkey=&per_chute=, "Get Stats": unauthenticated; instance-based compute over the
-        past hour, day and 7 days (the same basis as scoring). REST serves the cache when present; 400 on a
-        malformed hotkey (48 alphanumerics).
+        past hour, day and 7 days (the same basis as scoring). Computed on demand and reused for
+        GANTRY_MINER_STATS_CACHE_SECONDS; INVALID_ARGUMENT (REST 422) on a malformed hotkey (48 alphanumerics).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetScores(self, request, context):
-        """GET /miner/scores?hotkey=, "Get Scores": unauthenticated; the cached scoring data (503 "Waiting for cache to
-        populate." while empty). With hotkey, each map holds only that hotkey.
+        """GET /miner/scores?hotkey=, "Get Scores": unauthenticated; 7-day instance compute units per hotkey and the
+        normalised weights, computed on demand and reused for GANTRY_MINER_STATS_CACHE_SECONDS. With hotkey, each
+        map holds only that hotkey.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUniqueChuteHistory(self, request, context):
-        """GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; hourly points over 7 days.
-        404 when the hotkey is not in the metagraph or nothing is cached yet. REST body is the bare list.
+        """GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; 168 hourly points over the
+        last 7 days, oldest first. 404 when the hotkey is not in the metagraph. REST body is the bare list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,8 +61,10 @@ class MinerServiceStub:
     the bare list.
     """
     GetMetrics: _grpc.UnaryStreamMultiCallable[_miner_pb2.GetMetricsRequest, _miner_pb2.GetMetricsResponse]
-    """GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored); one row per chute
-    over the last hour, cached for a few minutes.
+    """GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored). One row per chute
+    with an activated instance alive in the last hour: the time-weighted average compute multiplier, the
+    instance count and the mean price per second. Gantry does not route invocations, so total_invocations,
+    total_compute_time, error_count and rate_limit_count are always 0.
     """
     ListActiveInstances: _grpc.UnaryUnaryMultiCallable[_miner_pb2.ListActiveInstancesRequest, _miner_pb2.ListActiveInstancesResponse]
     """GET /miner/active_instances/, "List Active Instances": every active and verified instance platform-wide, for
@@ -74,16 +76,17 @@ class MinerServiceStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_miner_pb2.GetStatsRequest, _miner_pb2.GetStatsResponse]
     """GET /miner/stats?miner_hotkey=&per_chute=, "Get Stats": unauthenticated; instance-based compute over the
-    past hour, day and 7 days (the same basis as scoring). REST serves the cache when present; 400 on a
-    malformed hotkey (48 alphanumerics).
+    past hour, day and 7 days (the same basis as scoring). Computed on demand and reused for
+    GANTRY_MINER_STATS_CACHE_SECONDS; INVALID_ARGUMENT (REST 422) on a malformed hotkey (48 alphanumerics).
     """
     GetScores: _grpc.UnaryUnaryMultiCallable[_miner_pb2.GetScoresRequest, _miner_pb2.GetScoresResponse]
-    """GET /miner/scores?hotkey=, "Get Scores": unauthenticated; the cached scoring data (503 "Waiting for cache to
-    populate." while empty). With hotkey, each map holds only that hotkey.
+    """GET /miner/scores?hotkey=, "Get Scores": unauthenticated; 7-day instance compute units per hotkey and the
+    normalised weights, computed on demand and reused for GANTRY_MINER_STATS_CACHE_SECONDS. With hotkey, each
+    map holds only that hotkey.
     """
     GetUniqueChuteHistory: _grpc.UnaryUnaryMultiCallable[_miner_pb2.GetUniqueChuteHistoryRequest, _miner_pb2.GetUniqueChuteHistoryResponse]
-    """GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; hourly points over 7 days.
-    404 when the hotkey is not in the metagraph or nothing is cached yet. REST body is the bare list.
+    """GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; 168 hourly points over the
+    last 7 days, oldest first. 404 when the hotkey is not in the metagraph. REST body is the bare list.
     """
     GetThrashCooldowns: _grpc.UnaryUnaryMultiCallable[_miner_pb2.GetThrashCooldownsRequest, _miner_pb2.GetThrashCooldownsResponse]
     """GET /miner/thrash_cooldowns, "Get Thrash Cooldowns": chutes where the caller is still in a thrash cooldown
@@ -139,8 +142,10 @@ class MinerServiceAsyncStub(MinerServiceStub):
     the bare list.
     """
     GetMetrics: _aio.UnaryStreamMultiCallable[_miner_pb2.GetMetricsRequest, _miner_pb2.GetMetricsResponse]  # type: ignore[assignment]
-    """GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored); one row per chute
-    over the last hour, cached for a few minutes.
+    """GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored). One row per chute
+    with an activated instance alive in the last hour: the time-weighted average compute multiplier, the
+    instance count and the mean price per second. Gantry does not route invocations, so total_invocations,
+    total_compute_time, error_count and rate_limit_count are always 0.
     """
     ListActiveInstances: _aio.UnaryUnaryMultiCallable[_miner_pb2.ListActiveInstancesRequest, _miner_pb2.ListActiveInstancesResponse]  # type: ignore[assignment]
     """GET /miner/active_instances/, "List Active Instances": every active and verified instance platform-wide, for
@@ -152,16 +157,17 @@ class MinerServiceAsyncStub(MinerServiceStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_miner_pb2.GetStatsRequest, _miner_pb2.GetStatsResponse]  # type: ignore[assignment]
     """GET /miner/stats?miner_hotkey=&per_chute=, "Get Stats": unauthenticated; instance-based compute over the
-    past hour, day and 7 days (the same basis as scoring). REST serves the cache when present; 400 on a
-    malformed hotkey (48 alphanumerics).
+    past hour, day and 7 days (the same basis as scoring). Computed on demand and reused for
+    GANTRY_MINER_STATS_CACHE_SECONDS; INVALID_ARGUMENT (REST 422) on a malformed hotkey (48 alphanumerics).
     """
     GetScores: _aio.UnaryUnaryMultiCallable[_miner_pb2.GetScoresRequest, _miner_pb2.GetScoresResponse]  # type: ignore[assignment]
-    """GET /miner/scores?hotkey=, "Get Scores": unauthenticated; the cached scoring data (503 "Waiting for cache to
-    populate." while empty). With hotkey, each map holds only that hotkey.
+    """GET /miner/scores?hotkey=, "Get Scores": unauthenticated; 7-day instance compute units per hotkey and the
+    normalised weights, computed on demand and reused for GANTRY_MINER_STATS_CACHE_SECONDS. With hotkey, each
+    map holds only that hotkey.
     """
     GetUniqueChuteHistory: _aio.UnaryUnaryMultiCallable[_miner_pb2.GetUniqueChuteHistoryRequest, _miner_pb2.GetUniqueChuteHistoryResponse]  # type: ignore[assignment]
-    """GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; hourly points over 7 days.
-    404 when the hotkey is not in the metagraph or nothing is cached yet. REST body is the bare list.
+    """GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; 168 hourly points over the
+    last 7 days, oldest first. 404 when the hotkey is not in the metagraph. REST body is the bare list.
     """
     GetThrashCooldowns: _aio.UnaryUnaryMultiCallable[_miner_pb2.GetThrashCooldownsRequest, _miner_pb2.GetThrashCooldownsResponse]  # type: ignore[assignment]
     """GET /miner/thrash_cooldowns, "Get Thrash Cooldowns": chutes where the caller is still in a thrash cooldown
@@ -268,8 +274,10 @@ class MinerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _miner_pb2.GetMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_miner_pb2.GetMetricsResponse], _abc.AsyncIterator[_miner_pb2.GetMetricsResponse]]:
-        """GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored); one row per chute
-        over the last hour, cached for a few minutes.
+        """GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored). One row per chute
+        with an activated instance alive in the last hour: the time-weighted average compute multiplier, the
+        instance count and the mean price per second. Gantry does not route invocations, so total_invocations,
+        total_compute_time, error_count and rate_limit_count are always 0.
         """
 
     @_abc_1.abstractmethod
@@ -299,8 +307,8 @@ class MinerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_miner_pb2.GetStatsResponse, _abc.Awaitable[_miner_pb2.GetStatsResponse]]:
         """GET /miner/stats?miner_hotkey=&per_chute=, "Get Stats": unauthenticated; instance-based compute over the
-        past hour, day and 7 days (the same basis as scoring). REST serves the cache when present; 400 on a
-        malformed hotkey (48 alphanumerics).
+        past hour, day and 7 days (the same basis as scoring). Computed on demand and reused for
+        GANTRY_MINER_STATS_CACHE_SECONDS; INVALID_ARGUMENT (REST 422) on a malformed hotkey (48 alphanumerics).
         """
 
     @_abc_1.abstractmethod
@@ -309,8 +317,9 @@ class MinerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _miner_pb2.GetScoresRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_miner_pb2.GetScoresResponse, _abc.Awaitable[_miner_pb2.GetScoresResponse]]:
-        """GET /miner/scores?hotkey=, "Get Scores": unauthenticated; the cached scoring data (503 "Waiting for cache to
-        populate." while empty). With hotkey, each map holds only that hotkey.
+        """GET /miner/scores?hotkey=, "Get Scores": unauthenticated; 7-day instance compute units per hotkey and the
+        normalised weights, computed on demand and reused for GANTRY_MINER_STATS_CACHE_SECONDS. With hotkey, each
+        map holds only that hotkey.
         """
 
     @_abc_1.abstractmethod
@@ -319,8 +328,8 @@ class MinerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _miner_pb2.GetUniqueChuteHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_miner_pb2.GetUniqueChuteHistoryResponse, _abc.Awaitable[_miner_pb2.GetUniqueChuteHistoryResponse]]:
-        """GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; hourly points over 7 days.
-        404 when the hotkey is not in the metagraph or nothing is cached yet. REST body is the bare list.
+        """GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; 168 hourly points over the
+        last 7 days, oldest first. 404 when the hotkey is not in the metagraph. REST body is the bare list.
         """
 
     @_abc_1.abstractmethod

@@ -71,8 +71,10 @@ type MinerServiceClient interface {
 	// GET /miner/inventory, "Get Full Inventory": the caller's GPUs that are attached to an instance; REST body is
 	// the bare list.
 	GetFullInventory(ctx context.Context, in *GetFullInventoryRequest, opts ...grpc.CallOption) (*GetFullInventoryResponse, error)
-	// GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored); one row per chute
-	// over the last hour, cached for a few minutes.
+	// GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored). One row per chute
+	// with an activated instance alive in the last hour: the time-weighted average compute multiplier, the
+	// instance count and the mean price per second. Gantry does not route invocations, so total_invocations,
+	// total_compute_time, error_count and rate_limit_count are always 0.
 	GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetMetricsResponse], error)
 	// GET /miner/active_instances/, "List Active Instances": every active and verified instance platform-wide, for
 	// preemption decisions; REST body is the bare list.
@@ -81,14 +83,15 @@ type MinerServiceClient interface {
 	// the id and the version match.
 	GetChute(ctx context.Context, in *GetChuteRequest, opts ...grpc.CallOption) (*GetChuteResponse, error)
 	// GET /miner/stats?miner_hotkey=&per_chute=, "Get Stats": unauthenticated; instance-based compute over the
-	// past hour, day and 7 days (the same basis as scoring). REST serves the cache when present; 400 on a
-	// malformed hotkey (48 alphanumerics).
+	// past hour, day and 7 days (the same basis as scoring). Computed on demand and reused for
+	// GANTRY_MINER_STATS_CACHE_SECONDS; INVALID_ARGUMENT (REST 422) on a malformed hotkey (48 alphanumerics).
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
-	// GET /miner/scores?hotkey=, "Get Scores": unauthenticated; the cached scoring data (503 "Waiting for cache to
-	// populate." while empty). With hotkey, each map holds only that hotkey.
+	// GET /miner/scores?hotkey=, "Get Scores": unauthenticated; 7-day instance compute units per hotkey and the
+	// normalised weights, computed on demand and reused for GANTRY_MINER_STATS_CACHE_SECONDS. With hotkey, each
+	// map holds only that hotkey.
 	GetScores(ctx context.Context, in *GetScoresRequest, opts ...grpc.CallOption) (*GetScoresResponse, error)
-	// GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; hourly points over 7 days.
-	// 404 when the hotkey is not in the metagraph or nothing is cached yet. REST body is the bare list.
+	// GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; 168 hourly points over the
+	// last 7 days, oldest first. 404 when the hotkey is not in the metagraph. REST body is the bare list.
 	GetUniqueChuteHistory(ctx context.Context, in *GetUniqueChuteHistoryRequest, opts ...grpc.CallOption) (*GetUniqueChuteHistoryResponse, error)
 	// GET /miner/thrash_cooldowns, "Get Thrash Cooldowns": chutes where the caller is still in a thrash cooldown
 	// (an activated instance deleted in the last 2 h without a valid termination); REST body is the bare list.
@@ -406,8 +409,10 @@ type MinerServiceServer interface {
 	// GET /miner/inventory, "Get Full Inventory": the caller's GPUs that are attached to an instance; REST body is
 	// the bare list.
 	GetFullInventory(context.Context, *GetFullInventoryRequest) (*GetFullInventoryResponse, error)
-	// GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored); one row per chute
-	// over the last hour, cached for a few minutes.
+	// GET /miner/metrics/, "Metrics": unauthenticated (a hotkey header is accepted and ignored). One row per chute
+	// with an activated instance alive in the last hour: the time-weighted average compute multiplier, the
+	// instance count and the mean price per second. Gantry does not route invocations, so total_invocations,
+	// total_compute_time, error_count and rate_limit_count are always 0.
 	GetMetrics(*GetMetricsRequest, grpc.ServerStreamingServer[GetMetricsResponse]) error
 	// GET /miner/active_instances/, "List Active Instances": every active and verified instance platform-wide, for
 	// preemption decisions; REST body is the bare list.
@@ -416,14 +421,15 @@ type MinerServiceServer interface {
 	// the id and the version match.
 	GetChute(context.Context, *GetChuteRequest) (*GetChuteResponse, error)
 	// GET /miner/stats?miner_hotkey=&per_chute=, "Get Stats": unauthenticated; instance-based compute over the
-	// past hour, day and 7 days (the same basis as scoring). REST serves the cache when present; 400 on a
-	// malformed hotkey (48 alphanumerics).
+	// past hour, day and 7 days (the same basis as scoring). Computed on demand and reused for
+	// GANTRY_MINER_STATS_CACHE_SECONDS; INVALID_ARGUMENT (REST 422) on a malformed hotkey (48 alphanumerics).
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
-	// GET /miner/scores?hotkey=, "Get Scores": unauthenticated; the cached scoring data (503 "Waiting for cache to
-	// populate." while empty). With hotkey, each map holds only that hotkey.
+	// GET /miner/scores?hotkey=, "Get Scores": unauthenticated; 7-day instance compute units per hotkey and the
+	// normalised weights, computed on demand and reused for GANTRY_MINER_STATS_CACHE_SECONDS. With hotkey, each
+	// map holds only that hotkey.
 	GetScores(context.Context, *GetScoresRequest) (*GetScoresResponse, error)
-	// GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; hourly points over 7 days.
-	// 404 when the hotkey is not in the metagraph or nothing is cached yet. REST body is the bare list.
+	// GET /miner/unique_chute_history/{hotkey}, "Unique Chute History": unauthenticated; 168 hourly points over the
+	// last 7 days, oldest first. 404 when the hotkey is not in the metagraph. REST body is the bare list.
 	GetUniqueChuteHistory(context.Context, *GetUniqueChuteHistoryRequest) (*GetUniqueChuteHistoryResponse, error)
 	// GET /miner/thrash_cooldowns, "Get Thrash Cooldowns": chutes where the caller is still in a thrash cooldown
 	// (an activated instance deleted in the last 2 h without a valid termination); REST body is the bare list.
