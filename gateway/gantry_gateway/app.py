@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import re
 import uuid
@@ -155,6 +156,9 @@ class Gateway:
         peer = _peer(scope)
         method = endpoint.binding.method
         if endpoint.stream is not None:
+            if endpoint.stream.sse_on_accept and _accepts_event_stream(scope):
+                endpoint = dataclasses.replace(endpoint,
+                                               stream=dataclasses.replace(endpoint.stream, framing=fam.SSE_EVENTS))
             await self._stream(endpoint, request, metadata, peer, family, rid, receive, send)
             return
         try:
@@ -235,6 +239,12 @@ class Gateway:
     # ------------------------------------------------------------------ streams
     def _frame(self, ep: Endpoint, message) -> bytes:
         framing = ep.stream.framing
+        keepalive = ep.stream.keepalive_field
+        if keepalive and getattr(message, keepalive):
+            return b": keep-alive\n\n" if framing == fam.SSE_EVENTS else orjson.dumps({keepalive: True}) + b"\n"
+        if framing == fam.SSE_EVENTS:
+            return (b"id: " + getattr(message, ep.stream.id_field).encode() + b"\ndata: "
+                    + orjson.dumps(ep.render(message)) + b"\n\n")
         if framing == fam.CSV:
             data = getattr(message, ep.binding.response_body or "data")
             return data if isinstance(data, bytes) else data.encode()
@@ -244,7 +254,7 @@ class Gateway:
 
     @staticmethod
     def _error_frame(framing: str, payload: dict) -> bytes:
-        if framing in (fam.SSE_ROWS, fam.SSE_LOG):
+        if framing in (fam.SSE_ROWS, fam.SSE_LOG, fam.SSE_EVENTS):
             return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
         if framing == fam.CSV:
             return b"\n# error: " + orjson.dumps(payload) + b"\n"
@@ -253,7 +263,7 @@ class Gateway:
     @staticmethod
     def _stream_headers(ep: Endpoint) -> list:
         framing = ep.stream.framing
-        if framing in (fam.SSE_ROWS, fam.SSE_LOG):
+        if framing in (fam.SSE_ROWS, fam.SSE_LOG, fam.SSE_EVENTS):
             return [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                     (b"x-accel-buffering", b"no")]
         if framing == fam.CSV:
@@ -308,6 +318,10 @@ class Gateway:
     async def _start_stream(self, ep: Endpoint, rid: str, send) -> None:
         headers = self._stream_headers(ep) + [(b"x-request-id", rid.encode())]
         await send({"type": "http.response.start", "status": ep.success, "headers": headers})
+
+
+def _accepts_event_stream(scope) -> bool:
+    return any(k == b"accept" and b"text/event-stream" in v.lower() for k, v in scope["headers"])
 
 
 async def _wait_disconnect(receive) -> None:

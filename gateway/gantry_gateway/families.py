@@ -75,6 +75,7 @@ SSE_ROWS = "sse_rows"  # data: {json}\n\n per row (miner lists)
 SSE_LOG = "sse_log"  # data: {"log": "..."}\n\n
 CSV = "csv"  # bytes chunks concatenated, text/csv attachment
 NDJSON = "ndjson"  # one JSON value per line (default)
+SSE_EVENTS = "sse_events"  # id: <id_field>\ndata: {json}\n\n; a keep-alive message as a `: keep-alive` comment
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ class Stream:
     filename: str = ""  # CSV attachment name
     # explicit_null: request field that asks for `data: NO_ITEMS\n` when the stream is empty.
     empty_marker_field: str = ""
+    # A request that accepts text/event-stream gets SSE_EVENTS instead of `framing`.
+    sse_on_accept: bool = False
+    id_field: str = ""  # SSE_EVENTS: the `id:` of each event
+    # A message with this bool field set is a keep-alive: `: keep-alive` in SSE, {"<field>": true} in NDJSON.
+    keepalive_field: str = ""
 
 
 _MINER = "gantry.miner.v1.MinerService."
@@ -93,6 +99,7 @@ STREAMS: dict[str, Stream] = {
     _MINER + "ListInstances": Stream(SSE_ROWS, empty_marker_field="explicit_null"),
     _MINER + "ListAvailableJobs": Stream(SSE_ROWS),
     _MINER + "GetMetrics": Stream(SSE_ROWS),
+    _MINER + "WatchEvents": Stream(NDJSON, sse_on_accept=True, id_field="cursor", keepalive_field="heartbeat"),
     "gantry.instances.v1.InstanceService.StreamLogs": Stream(SSE_LOG),
     "gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv": Stream(CSV, "audit-reconciliation.csv"),
     "gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv": Stream(CSV, "compute-history.csv"),

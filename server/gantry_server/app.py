@@ -7,6 +7,7 @@ stop embedded servers.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from pathlib import Path
@@ -20,6 +21,8 @@ from . import embedded
 from .clock import Clock, SystemClock
 from .config import ConfigError, Settings
 from .domain.auth.launch_tokens import LaunchTokenKeys
+from .domain.events.hub import EventHub
+from .domain.events.relay import OutboxRelay
 from .domain.secrets_at_rest import Keyring, SecretsError, load_keyring
 from .broker.wiring import start_broker, stop_broker
 from .interceptors import ObservabilityInterceptor
@@ -30,6 +33,20 @@ from .services.registry import SERVICES
 from .store import db, migrate
 
 log = logging.getLogger(__name__)
+
+
+# Cyclic GC for a server process holding many long-lived streams (`gantry serve` applies it once started): objects that wait across an event (a WatchEvents
+# stream's future, its generator frames) survive young collections, and with CPython's default (700, 10, 10)
+# they trigger full collections that walk every stream's objects every few events (about a fifth of the CPU of a
+# fan-out to 10,000 streams, and its latency tail: docs/performance.md, miner events). Start-up objects are frozen
+# out of collection; young collections run every 50,000 allocations instead of 700.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Process-wide: for the `gantry serve` process, not for a test process that starts many apps."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class RedisUnreachable(RuntimeError):
@@ -103,6 +120,8 @@ class GantryApp:
         redis = Redis.from_url(redis_url)
         self.rt = Runtime(settings=s, engine=engine, redis=redis, clock=self.clock, admin_token=_admin_token(s),
                           keyring=_keyring(s))
+        self.rt.events = EventHub(redis, buffer=s.miner.events_subscriber_buffer)
+        self.rt.events_relay = OutboxRelay(engine, redis, self.clock, s.miner)
         await db.check_reachable(engine)
         await _check_redis(redis, redis_url)
 
@@ -111,6 +130,11 @@ class GantryApp:
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+                # Calls that arrived but wait for the Python side: C-core cancels them past 1,000 (soft) /
+                # 3,000 (hard) by default, so thousands of miners reconnecting their WatchEvents at once after a
+                # restart would be refused (docs/performance.md, miner events). Queued, they cost memory only.
+                ("grpc.server.max_pending_requests", 20_000),
+                ("grpc.server.max_pending_requests_hard_limit", 50_000),
             ],
         )
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
@@ -140,6 +164,9 @@ class GantryApp:
             await migrate.upgrade(engine)
         self.rt.launch_keys = await LaunchTokenKeys.shared(engine, self.rt.keyring)
         await start_broker(self.rt, self._providers)
+        await self.rt.events.start()
+        if s.miner.background_loops:
+            await self.rt.events_relay.start()
         await self.rt.lifecycle.startup_sweep()  # /health answers 503 until this is done
         if s.broker.background_loops:
             self.rt.lifecycle.start()
@@ -165,6 +192,8 @@ class GantryApp:
             self.rt.state.ready = False
             self.rt.state.lifecycle_running = False
         await self.health.enter_graceful_shutdown()
+        if self.rt is not None and self.rt.events is not None:
+            await self.rt.events.stop()  # ends every event stream, so draining does not wait on them
         if self.http is not None:  # REST first: no new calls reach servicers while gRPC drains
             await self.http.stop(grace)
             self.http = None
@@ -175,6 +204,8 @@ class GantryApp:
         if self.rt is not None:
             if self.rt.lifecycle is not None:
                 await stop_broker(self.rt, close_providers=self._providers is None)
+            if self.rt.events_relay is not None:
+                await self.rt.events_relay.stop()
             await self.rt.engine.dispose()
             await self.rt.redis.aclose()
             self.rt = None

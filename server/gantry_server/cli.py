@@ -11,7 +11,7 @@ import signal
 import sys
 
 from . import logs
-from .app import GantryApp, RedisUnreachable
+from .app import GantryApp, RedisUnreachable, tune_gc
 from .config import ConfigError, Settings
 from .store.db import DatabaseUnreachable
 
@@ -41,6 +41,7 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    tune_gc()
     print(f"gantry: serving gRPC on {app.grpc_addr}", file=sys.stderr, flush=True)
     if app.http_addr:
         print(f"gantry: serving REST on {app.http_addr}", file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@
      ├── Conflict                    ALREADY_EXISTS / ABORTED (legacy 409)
      ├── FailedPrecondition          FAILED_PRECONDITION (legacy 400, 410 Gone, 423 Locked via http_status)
      ├── ResourceExhausted           RESOURCE_EXHAUSTED with RetryInfo (legacy 429)
+     ├── OutOfRange                  OUT_OF_RANGE       a resume cursor the stream no longer covers (410 Gone)
      ├── Unavailable                 UNAVAILABLE (legacy 502/503)
      └── Unimplemented               UNIMPLEMENTED      an RPC not built yet
     anything else                    INTERNAL with the request id and no stack trace
@@ -107,6 +108,12 @@ class ResourceExhausted(GantryError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RATE_LIMITED"
     default_http_status = 429
+
+
+class OutOfRange(GantryError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "CURSOR_EXPIRED"
+    default_http_status = 410
 
 
 class Unavailable(GantryError):

@@ -34,3 +34,6 @@ class Runtime:
     inventory: Any = None  # broker.inventory.Inventory
     sessions: Any = None  # broker.sessions.SessionManager
     lifecycle: Any = None  # broker.lifecycle.Lifecycle
+    # Miner event feed (seed 003); built by app.py.
+    events: Any = None  # domain.events.hub.EventHub: subscribe() for WatchEvents and Socket.IO
+    events_relay: Any = None  # domain.events.relay.OutboxRelay: event_outbox -> the Redis Stream

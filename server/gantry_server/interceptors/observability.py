@@ -6,6 +6,7 @@ metrics and the log see the final status code of every call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -103,10 +104,11 @@ class ObservabilityInterceptor(AsyncServerInterceptor):
             context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
             self._done(context, method_name, rid, started, _code_of(context))
         finally:
-            request_id_var.reset(token)
+            with contextlib.suppress(ValueError):  # closed by the asyncgen finaliser, in another context
+                request_id_var.reset(token)
 
     async def _fail(self, exc: BaseException, context, method_name: str, rid: str, started: float) -> None:
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # GeneratorExit: the stream was closed
             self._done(context, method_name, rid, started, grpc.StatusCode.CANCELLED)
             raise exc
         if isinstance(exc, aio.AbortError):  # the handler aborted by itself

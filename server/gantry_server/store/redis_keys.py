@@ -49,3 +49,29 @@ def session_changes(session_id: str) -> str:
 def scale_target(chute_id: str) -> str:
     """Target instance count of a chute, written by an autoscaler; read by the launch scaling gates."""
     return f"{PREFIX}scale:{chute_id}"
+
+
+def events_relayed(outbox_id: int) -> str:
+    """Marker that outbox row `outbox_id` is in the events stream (SET NX by the relay script, expires with the
+    stream's age limit): a relay re-run after a crash between XADD and its commit skips the row."""
+    return f"{PREFIX}events:relayed:{outbox_id}"
+
+
+def events_trimmed() -> str:
+    """Id of the newest entry trimmed from the events stream: a cursor older than it cannot be resumed."""
+    return f"{PREFIX}events:trimmed"
+
+
+def miner_stats(per_chute: bool, hotkey: str | None) -> str:
+    """A GetStats result (serialised response) for these arguments; miner.stats_cache_seconds."""
+    return f"{PREFIX}miner:stats:{int(per_chute)}:{hotkey or '*'}"
+
+
+def miner_scores() -> str:
+    """The GetScores result over every hotkey (a hotkey filter is applied to it); miner.stats_cache_seconds."""
+    return f"{PREFIX}miner:scores"
+
+
+def miner_unique_chute_history(hotkey: str) -> str:
+    """A hotkey's GetUniqueChuteHistory points (serialised response); miner.stats_cache_seconds."""
+    return f"{PREFIX}miner:uqhist:{hotkey}"
