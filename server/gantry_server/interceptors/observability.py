@@ -109,7 +109,9 @@ class ObservabilityInterceptor(AsyncServerInterceptor):
 
     async def _fail(self, exc: BaseException, context, method_name: str, rid: str, started: float) -> None:
         if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # GeneratorExit: the stream was closed
-            self._done(context, method_name, rid, started, grpc.StatusCode.CANCELLED)
+            # The call may be gone already (a stream closed by the asyncgen finaliser after the client left):
+            # its context must not be touched then (grpc's C core frees it; context.peer() would crash).
+            self._done(None, method_name, rid, started, grpc.StatusCode.CANCELLED)
             raise exc
         if isinstance(exc, aio.AbortError):  # the handler aborted by itself
             self._done(context, method_name, rid, started, _code_of(context, grpc.StatusCode.UNKNOWN))
@@ -129,8 +131,9 @@ class ObservabilityInterceptor(AsyncServerInterceptor):
         elapsed = time.perf_counter() - started
         self._series.observe(method_name, code, elapsed)
         if log.isEnabledFor(logging.INFO):
+            peer = context.peer() if context is not None else ""
             log.info("rpc", extra={"method": method_name, "code": code.name, "duration_ms": round(elapsed * 1000, 3),
-                                   "peer": context.peer(), "request_id": rid})
+                                   "peer": peer, "request_id": rid})
 
 
 def _code_of(context, default: grpc.StatusCode = grpc.StatusCode.OK) -> grpc.StatusCode:

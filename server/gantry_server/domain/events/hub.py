@@ -226,18 +226,22 @@ class EventHub:
         self.last_read = await rstream.last_id(self.redis)
         self._task = asyncio.create_task(self._read_loop(), name="event-hub-reader")
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout: float = 5.0) -> None:
+        """End every subscription (HubClosed), then the reader. Bounded: a Redis call that does not give way to
+        cancellation in `timeout` seconds is left behind with a warning, so a stopping server never hangs here."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
         for sub in list(self._all):
             sub._fail(HubClosed("the event hub stopped"))
-        await self._reader.aclose()
+        if self._task is not None:
+            self._task.cancel()
+            _, pending = await asyncio.wait({self._task}, timeout=timeout)
+            if pending:
+                log.warning("event hub: the stream reader did not stop within %.0f s", timeout)
+            self._task = None
+        try:
+            await asyncio.wait_for(self._reader.aclose(), timeout)
+        except Exception:  # noqa: BLE001 - closing is best effort; the process is stopping
+            log.warning("event hub: closing the reader connection failed", exc_info=True)
 
     # -- subscribers --------------------------------------------------------------------------------------------------
     def _add(self, sub: Subscription) -> None:

@@ -78,11 +78,14 @@ class OutboxRelay:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="event-outbox-relay")
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout: float = 5.0) -> None:
+        """Stop the loop (bounded: a batch stuck in PostgreSQL or Redis is left behind with a warning; its
+        transaction rolls back and the rows stay in the outbox for the next relayer)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            _, pending = await asyncio.wait({self._task}, timeout=timeout)
+            if pending:
+                log.warning("event relay: the loop did not stop within %.0f s", timeout)
             self._task = None
         await self._unlisten()
 
