@@ -30,8 +30,8 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import free_port, wait_serving  # noqa: E402
+from _limits import ADMIN_TOKEN, BENCH_ENV  # noqa: E402
 
-ADMIN_TOKEN = "bench-admin-token"
 BENCH_KEK = "YmVuY2gta2VrLTMyLWJ5dGVzLWxvbmctMDEyMzQ1Njc="  # base64 of 32 bytes; this throw-away run only
 
 
@@ -161,7 +161,7 @@ def main() -> None:
     addr = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, GANTRY_DATA_DIR=str(data_dir), GANTRY_GRPC_ADDR=addr, GANTRY_HTTP_ADDR="127.0.0.1:0",
                GANTRY_LOG_LEVEL="WARNING", GANTRY_DATABASE_URL=database_url, GANTRY_REDIS_URL=redis_url,
-               GANTRY_ADMIN_TOKEN=ADMIN_TOKEN, GANTRY_EVENTS_HEARTBEAT_SECONDS="600")
+               GANTRY_EVENTS_HEARTBEAT_SECONDS="600", **BENCH_ENV)
     env.setdefault("GANTRY_KEK", BENCH_KEK)
     log = open(data_dir / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "gantry_server.cli", "serve"], env=env, stdout=log, stderr=log)

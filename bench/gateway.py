@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import descriptor_set, ensure_ghz, free_port, seed_one_node, wait_serving  # noqa: E402
+from _limits import BENCH_ENV  # noqa: E402
 
 RPCS = {
     "ready": ("gantry.ops.v1.OpsService/GetReady", "/ready"),
@@ -104,13 +105,13 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items()
            if k.startswith(("GANTRY_DATABASE", "GANTRY_REDIS")) or not k.startswith("GANTRY_")}
     env.update(GANTRY_GRPC_ADDR=grpc_addr, GANTRY_HTTP_ADDR=http_addr, GANTRY_DATA_DIR=str(data_dir),
-               GANTRY_ADMIN_TOKEN="bench")
+               **BENCH_ENV)
     log = open(data_dir / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "gantry_server.cli", "serve"], env=env, stderr=log)
     results = {}
     try:
         wait_serving(grpc_addr, server)
-        seed_one_node(grpc_addr, "bench")
+        seed_one_node(grpc_addr, BENCH_ENV["GANTRY_ADMIN_TOKEN"])
         url = f"http://{http_addr}{path}"
         http_driver(url, 8, 2)  # warm-up
         run_ghz(grpc_addr, call, 8, 2)

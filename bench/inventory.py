@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway import run_httpx, run_wrk  # noqa: E402
 from run import free_port, wait_serving  # noqa: E402
+from _limits import BENCH_ENV  # noqa: E402
 
 QUERIES = {
     "typical": "/api/v1/inventory?gpu_type=RTX%204090&max_price=2&limit=50",
@@ -46,7 +47,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items()
            if k.startswith(("GANTRY_DATABASE", "GANTRY_REDIS")) or not k.startswith("GANTRY_")}
     env.update(GANTRY_GRPC_ADDR=grpc_addr, GANTRY_HTTP_ADDR=http_addr, GANTRY_DATA_DIR=str(data_dir),
-               GANTRY_ADMIN_TOKEN="bench", GANTRY_BROKER_PROVIDERS="simulated",
+               **BENCH_ENV, GANTRY_BROKER_PROVIDERS="simulated",
                GANTRY_BROKER_SIMULATED_OFFERS=str(args.offers), GANTRY_BROKER_INVENTORY_TTL_SECONDS="3600")
     log = open(data_dir / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "gantry_server.cli", "serve"], env=env, stderr=log)

@@ -25,6 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from _limits import BENCH_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 GHZ = ROOT / ".build" / "bin" / "ghz"
 GHZ_PKG = "github.com/bojand/ghz/cmd/ghz@v0.121.0"
@@ -104,13 +106,13 @@ def main() -> None:
     addr = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if k.startswith(("GANTRY_DATABASE", "GANTRY_REDIS")) or not k.startswith("GANTRY_")}
     env.update(GANTRY_GRPC_ADDR=addr, GANTRY_HTTP_ADDR=f"127.0.0.1:{free_port()}", GANTRY_DATA_DIR=str(data_dir),
-               GANTRY_ADMIN_TOKEN="bench")
+               **BENCH_ENV)
     log = open(data_dir / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "gantry_server.cli", "serve"], env=env, stderr=log)
     rows = []
     try:
         wait_serving(addr, server)
-        seed_one_node(addr, "bench")
+        seed_one_node(addr, BENCH_ENV["GANTRY_ADMIN_TOKEN"])
         for name, (call, data, what) in SCENARIOS.items():
             if args.only and name != args.only:
                 continue

@@ -23,6 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import free_port, wait_serving  # noqa: E402
+from _limits import BENCH_ENV  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -41,7 +42,7 @@ def main() -> None:
     env = dict(os.environ, GANTRY_DATA_DIR=str(data_dir), GANTRY_GRPC_ADDR=f"127.0.0.1:{grpc_port}",
                GANTRY_HTTP_ADDR=f"127.0.0.1:{http_port}", GANTRY_LOG_LEVEL="WARNING",
                GANTRY_BROKER_SIMULATED_BOOT_SECONDS=str(args.boot_seconds),
-               GANTRY_BROKER_SIMULATED_OFFERS=str(max(24, args.n)))
+               GANTRY_BROKER_SIMULATED_OFFERS=str(max(24, args.n)), **BENCH_ENV)
     log = open(data_dir / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "gantry_server.cli", "serve"], env=env, stdout=log, stderr=log)
     try:

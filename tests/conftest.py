@@ -18,7 +18,7 @@ from sqlalchemy import text
 from gantry_server import embedded
 from gantry_server.app import GantryApp
 from gantry_server.clock import ManualClock
-from gantry_server.config import Settings
+from gantry_server.config import RateLimitSettings, Settings
 from gantry_server.store import db, migrate
 from gantry_server.store.models import metadata
 
@@ -77,8 +77,14 @@ async def redis(redis_url):
 TEST_KEK = "dGVzdC1rZWstMzItYnl0ZXMtbG9uZy0wMTIzNDU2Nzg="  # base64 of 32 bytes; tests only
 
 
+NO_REQUEST_LIMITS = RateLimitSettings(rates=())
+
+
 def make_settings(database_url: str, redis_url: str, tmp_path: Path, **changes) -> Settings:
+    """Settings of a test server. Request rate limits are off unless a test passes `limits=` (they count per
+    client address in Redis for 60 s, and every test calls from 127.0.0.1); test_rate_limits.py tests them."""
     changes.setdefault("kek", TEST_KEK)
+    changes.setdefault("limits", NO_REQUEST_LIMITS)
     changes.setdefault("http_addr", "127.0.0.1:0")  # REST gateway on an ephemeral port (app.http_addr)
     return Settings(grpc_addr="127.0.0.1:0", database_url=database_url, redis_url=redis_url,
                     data_dir=tmp_path, admin_token="test-admin-token", **changes)
@@ -118,3 +124,21 @@ def sleep(clock):
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+@pytest.fixture
+def process_logging():
+    """`cli.main` configures the process's logging (a handler on the captured stderr, quieter libraries): put it
+    back, or later tests would log into a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    quiet = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, was in quiet.items():
+        logging.getLogger(name).setLevel(was)
+    for name in set(logging.root.manager.loggerDict) - set(quiet):
+        logging.getLogger(name).setLevel(logging.NOTSET)

@@ -21,9 +21,11 @@ import orjson
 from google.protobuf.descriptor import ServiceDescriptor
 
 from gantry_server.http_rules import HttpBinding, bindings
-from gantry_server.metadata_keys import (BODY_SHA256, FORWARDED_HEADERS, HTTP_METHOD, HTTP_PATH, REQUEST_ID)
+from gantry_server.metadata_keys import (BODY_SHA256, FORWARDED_FOR, FORWARDED_HEADERS, HTTP_METHOD, HTTP_PATH,
+                                        REQUEST_ID)
 
 from . import families as fam
+from .browser import BrowserGuard
 from .dispatch import RpcFailed
 from .errors import Failure, plain_error, render_error, stream_error_payload
 from .render import FieldRenderer, encoder_for
@@ -33,6 +35,7 @@ from .transcode import RequestBuilder, TranscodeError, Violation, check_path_fie
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB, as the broker reference
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _FORWARDED = frozenset(h.encode() for h in FORWARDED_HEADERS)
+_XFF = FORWARDED_FOR.encode()
 
 _BODY_VERBS = frozenset({"POST", "PUT", "PATCH"})  # methods whose raw body is hashed for signatures
 
@@ -60,10 +63,11 @@ class _BodyTooLarge(Exception):
 
 class Gateway:
     def __init__(self, http_bindings: list[HttpBinding], dispatcher, *, max_body_bytes: int = DEFAULT_MAX_BODY,
-                 openapi: bytes | None = None) -> None:
+                 openapi: bytes | None = None, browser: BrowserGuard | None = None) -> None:
         self.router = Router.from_bindings(http_bindings)
         self.dispatcher = dispatcher
         self.max_body_bytes = max_body_bytes
+        self.browser = browser or BrowserGuard()  # no browser origins; Host unchecked (for_settings decides)
         self.endpoints: dict[int, Endpoint] = {}
         for route in self.router.routes:
             b = route.binding
@@ -125,6 +129,9 @@ class Gateway:
                                                      "Request body too large"))
 
     async def _handle(self, scope, receive, send, verb: str, raw_path: str, family: str, rid: str) -> None:
+        if refused := self.browser.refusal(verb, scope["headers"]):
+            await self._send(send, rid, *plain_error(refused[0], family, rid, refused[1]))
+            return
         if raw_path == "/openapi.json" and verb == "GET":
             await self._send(send, rid, 200, [(b"content-type", b"application/json")], self.openapi_bytes())
             return
@@ -147,6 +154,9 @@ class Gateway:
         assert isinstance(match, Match)
         endpoint = self.endpoints[id(match.route)]
         body = await self._read_body(scope, receive)
+        if refused := self.browser.body_refusal(scope["headers"], body):
+            await self._send(send, rid, *plain_error(refused[0], family, rid, refused[1]))
+            return
         try:
             request = endpoint.builder.build(match.params, body, scope.get("query_string", b""))
         except TranscodeError as exc:
@@ -195,9 +205,15 @@ class Gateway:
     @staticmethod
     def _metadata(scope, verb: str, raw_path: str, body: bytes, rid: str) -> tuple:
         md: list[tuple[str, str]] = []
+        forwarded_for: list[str] = []
         for k, v in scope["headers"]:
             if k in _FORWARDED and k != b"x-request-id" and _printable_ascii(v):
-                md.append((k.decode(), v.decode()))
+                if k == _XFF:
+                    forwarded_for.append(v.decode())
+                else:
+                    md.append((k.decode(), v.decode()))
+        if forwarded_for:  # one list, as RFC 9110 joins repeated header lines; the server's rule reads it
+            md.append((FORWARDED_FOR, ", ".join(forwarded_for)))
         query = scope.get("query_string", b"")
         path = raw_path + ("?" + query.decode("latin-1") if query else "")
         md.append((REQUEST_ID, rid))

@@ -7,6 +7,7 @@ the interceptors expect) carrying a `grpc.Status`, which the gateway renders in 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -26,6 +27,10 @@ class GatewayAbort(aio.AbortError):
     def __init__(self, status: grpc.Status) -> None:
         super().__init__(status.details)
         self.status = status
+
+
+# The PEM client certificate the REST listener's TLS handshake verified (mTLS), set per request by the server.
+tls_client_cert: ContextVar[str | None] = ContextVar("gantry_tls_client_cert", default=None)
 
 
 class GatewayContext:
@@ -60,7 +65,9 @@ class GatewayContext:
         return self._cancelled
 
     def auth_context(self) -> dict:
-        return {}
+        """As grpc.aio's: the verified client certificate under `x509_pem_cert` when the connection has one."""
+        cert = tls_client_cert.get()
+        return {"transport_security_type": [b"ssl"], "x509_pem_cert": [cert.encode()]} if cert else {}
 
     def peer_identities(self):
         return None

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
@@ -21,8 +22,9 @@ from grpc_status import rpc_status
 
 from gantry_server.errors import GantryError, internal_status, to_rpc_status
 from gantry_server.interceptors.chain import bind
+from gantry_server.metadata_keys import CLIENT_CERT
 
-from .context import GatewayAbort, GatewayContext
+from .context import GatewayAbort, GatewayContext, tls_client_cert
 from .errors import Failure
 from .transcode import _message_class
 
@@ -108,9 +110,10 @@ class InProcessDispatcher:
 class RemoteDispatcher:
     """Over a grpc.aio channel to `upstream` (host:port), rich status decoded from the trailers."""
 
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.channel = grpc.aio.insecure_channel(upstream)
+    def __init__(self, upstream: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.upstream = upstream  # TLS to it when `credentials` are given (`gantry gateway --ca-file`)
+        self.channel = (grpc.aio.secure_channel(upstream, credentials) if credentials is not None
+                        else grpc.aio.insecure_channel(upstream))
         self._callables: dict[str, Any] = {}
 
     def _callable(self, method: MethodDescriptor):
@@ -134,7 +137,18 @@ class RemoteDispatcher:
     @staticmethod
     def _metadata(metadata: tuple, peer: str) -> tuple:
         ip = peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]") if ":" in peer else ""
-        return metadata + (("x-forwarded-for", ip),) if ip else metadata
+        # The upstream believes x-client-cert from this gateway (a trusted proxy): only the certificate this
+        # gateway's own TLS handshake verified is forwarded, never one a client wrote in a header.
+        metadata = tuple((k, v) for k, v in metadata if k != CLIENT_CERT)
+        if cert := tls_client_cert.get():
+            metadata += ((CLIENT_CERT, quote(cert)),)
+        if not ip:
+            return metadata
+        # As any proxy: append the address this gateway saw to the client's list; the upstream believes the list
+        # only as far as its GANTRY_TRUSTED_PROXIES reach (this gateway, then any trusted proxy before it).
+        sent = ", ".join(v for k, v in metadata if k == "x-forwarded-for")
+        metadata = tuple((k, v) for k, v in metadata if k != "x-forwarded-for")
+        return metadata + (("x-forwarded-for", f"{sent}, {ip}" if sent else ip),)
 
     async def unary(self, method: MethodDescriptor, request: Message, metadata: tuple, peer: str) -> Message:
         call = self._callable(method)(request, metadata=self._metadata(metadata, peer))

@@ -5,6 +5,9 @@
     ...
     await http.stop()      # stop accepting, finish in-flight responses
 
+With an `ssl_context` (gantry_server/tls.py) the port serves HTTPS, and, when the context requires client
+certificates, the verified one reaches handlers through `GatewayContext.auth_context()` as on gRPC.
+
 We bind the socket ourselves so a taken address is an OSError for the CLI's one-line message (uvicorn would
 call sys.exit), and we leave signal handling to the caller (`gantry serve` owns SIGTERM/SIGINT).
 
@@ -18,15 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 
 import socketio
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gantry_server.domain.events.socketio_adapter import MinerSockets
 from gantry_server.interceptors.auth import AuthInterceptor
 from gantry_server.services.registry import SERVICES
 
 from .app import Gateway
+from .browser import BrowserGuard
+from .context import tls_client_cert
 from .dispatch import InProcessDispatcher, RemoteDispatcher
 
 
@@ -37,6 +44,36 @@ class _Server(uvicorn.Server):
 
     def install_signal_handlers(self) -> None:  # uvicorn < 0.29
         return None
+
+
+class _TlsHttpProtocol(HttpToolsProtocol):
+    """httptools plus the ASGI TLS extension: the client certificate the handshake verified, per request."""
+
+    _tls: dict | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self._tls = {"server_cert": None, "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+                     "client_cert_name": None, "client_cert_error": None, "tls_version": None, "cipher_suite": None}
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}
+
+
+def _with_client_cert(app):
+    """Hand the TLS client certificate to the dispatch below (GatewayContext.auth_context), as gRPC does."""
+    async def asgi(scope, receive, send) -> None:
+        chain = (scope.get("extensions") or {}).get("tls", {}).get("client_cert_chain") or []
+        token = tls_client_cert.set(chain[0] if chain else None)
+        try:
+            await app(scope, receive, send)
+        finally:
+            tls_client_cert.reset(token)
+    return asgi
 
 
 def _bind(addr: str) -> socket.socket:
@@ -56,9 +93,10 @@ def _bind(addr: str) -> socket.socket:
 
 
 class HttpServer:
-    def __init__(self, app, addr: str) -> None:
+    def __init__(self, app, addr: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.addr = addr
+        self.ssl_context = ssl_context  # HTTPS (and mTLS when it requires client certificates) when given
         self.port: int | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
@@ -66,9 +104,15 @@ class HttpServer:
     async def start(self) -> None:
         sock = _bind(self.addr)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, loop="none", lifespan="off", log_config=None, access_log=False,
-                                http="httptools", ws="websockets-sansio", timeout_keep_alive=120,
-                                h11_max_incomplete_event_size=1 << 20)
+        # proxy_headers=False: uvicorn must not rewrite the client address from X-Forwarded-For on its own; the
+        # gateway's trusted-proxy rule (GANTRY_TRUSTED_PROXIES) decides.
+        tls = self.ssl_context is not None
+        config = uvicorn.Config(_with_client_cert(self.app) if tls else self.app, loop="none", lifespan="off",
+                                log_config=None, access_log=False, proxy_headers=False,
+                                http=_TlsHttpProtocol if tls else "httptools", ws="websockets-sansio",
+                                timeout_keep_alive=120, h11_max_incomplete_event_size=1 << 20)
+        config.load()
+        config.ssl = self.ssl_context
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
@@ -101,6 +145,7 @@ class HttpServer:
 def in_process_gateway(gantry_app, **kw):
     """The gateway `gantry serve` runs: in-process dispatch through the app's interceptor chain, and the miners'
     Socket.IO feed at /socket.io/ when the app has an event hub (rt.events)."""
+    kw.setdefault("browser", BrowserGuard.for_settings(gantry_app.settings))  # Origin/Host/Content-Type rules
     gateway = Gateway.for_services([s.descriptor for s in SERVICES],
                                    InProcessDispatcher(gantry_app.servicers, gantry_app.interceptors), **kw)
     rt = gantry_app.rt
@@ -137,6 +182,7 @@ class MinerSocketApp(socketio.ASGIApp):
         await self.sockets.close()
 
 
-def remote_gateway(upstream: str, **kw) -> Gateway:
-    """`gantry gateway --upstream host:port`: the same routes, each call over a gRPC channel."""
-    return Gateway.for_services([s.descriptor for s in SERVICES], RemoteDispatcher(upstream), **kw)
+def remote_gateway(upstream: str, *, credentials=None, **kw) -> Gateway:
+    """`gantry gateway --upstream host:port`: the same routes, each call over a gRPC channel (TLS when
+    `credentials`, grpc.ChannelCredentials, are given)."""
+    return Gateway.for_services([s.descriptor for s in SERVICES], RemoteDispatcher(upstream, credentials), **kw)

@@ -23,8 +23,11 @@ proto/gantry/admin/v1/admin.proto); flags given as well win over the file's keys
 A chute put replaces the whole chute, so disabling one is the same file with `--disabled`; delete it once its
 instances are gone.
 
-Common options (before or after the command): `--addr` (GANTRY_GRPC_ADDR, default 127.0.0.1:50051), `--token`
-(GANTRY_ADMIN_TOKEN, else GANTRY_DATA_DIR/admin_token as the embedded default writes it), `--json` (one JSON
+Common options (before or after the command): `--addr` (GANTRY_GRPC_ADDR, default 127.0.0.1:50051), the admin
+token from `--token-file PATH`, else GANTRY_ADMIN_TOKEN, else GANTRY_DATA_DIR/admin_token as the embedded default
+writes it (never from the command line, where `ps` shows it to every local user: `--token` is refused), `--ca-file`
+(GANTRY_CA_FILE: TLS to a server with GANTRY_TLS_CERT_FILE, verified by this CA; `--cert-file`/`--key-file`,
+GANTRY_CERT_FILE/GANTRY_KEY_FILE, for one that requires client certificates), `--json` (one JSON
 object on stdout for scripts; otherwise a short table), `--timeout` seconds.
 
 Exit codes: 0 done; 1 the server refused or could not be reached (one line on stderr: gRPC code and message),
@@ -62,12 +65,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+class _RefuseToken(argparse.Action):
+    """A token typed as an argument is in `ps` and shell history for every local user to read."""
+
+    def __init__(self, option_strings, dest, **kw) -> None:
+        kw.pop("default", None)
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UsageError("--token is not accepted: a token on the command line is visible to every local user "
+                         "(ps); set GANTRY_ADMIN_TOKEN or pass --token-file PATH")
+
+
 def _common(defaults: bool) -> argparse.ArgumentParser:
     """The shared options, accepted before or after the command (leaf copies default to SUPPRESS)."""
     p = _Parser(add_help=False)
     d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
     p.add_argument("--addr", default=d(None), help="server host:port (GANTRY_GRPC_ADDR, default 127.0.0.1:50051)")
-    p.add_argument("--token", default=d(None), help="admin token (GANTRY_ADMIN_TOKEN, GANTRY_DATA_DIR/admin_token)")
+    p.add_argument("--token-file", default=d(None),
+                   help="file holding the admin token (else GANTRY_ADMIN_TOKEN, else GANTRY_DATA_DIR/admin_token)")
+    p.add_argument("--token", action=_RefuseToken, help=argparse.SUPPRESS)
+    p.add_argument("--ca-file", default=d(None),
+                   help="TLS to the server, verified by this CA certificate (GANTRY_CA_FILE; plaintext without)")
+    p.add_argument("--cert-file", default=d(None),
+                   help="client certificate for a server that requires one, mTLS (GANTRY_CERT_FILE)")
+    p.add_argument("--key-file", default=d(None), help="the client certificate's key (GANTRY_KEY_FILE)")
     p.add_argument("--json", action="store_true", default=d(False), help="print one JSON object")
     p.add_argument("--timeout", type=float, default=d(30.0), help="seconds per RPC (default 30)")
     return p
@@ -225,10 +247,16 @@ def _data_dir() -> Path:
     return Path(platformdirs.user_data_dir("gantry"))
 
 
-def resolve_token(flag: str | None) -> str:
-    """--token, else GANTRY_ADMIN_TOKEN, else the embedded default's GANTRY_DATA_DIR/admin_token."""
-    if flag:
-        return flag
+def resolve_token(token_file: str | None) -> str:
+    """--token-file, else GANTRY_ADMIN_TOKEN, else the embedded default's GANTRY_DATA_DIR/admin_token."""
+    if token_file:
+        try:
+            token = Path(token_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--token-file: cannot read {token_file!r}: {exc.strerror or exc}") from None
+        if not token:
+            raise UsageError(f"--token-file: {token_file!r} is empty")
+        return token
     if os.environ.get("GANTRY_ADMIN_TOKEN"):
         return os.environ["GANTRY_ADMIN_TOKEN"]
     path = _data_dir() / "admin_token"
@@ -237,9 +265,23 @@ def resolve_token(flag: str | None) -> str:
     except OSError:
         token = ""
     if not token:
-        raise UsageError(f"no admin token: pass --token, set GANTRY_ADMIN_TOKEN, or run the embedded server that "
+        raise UsageError(f"no admin token: set GANTRY_ADMIN_TOKEN, pass --token-file, or run the embedded server that "
                          f"writes {path}")
     return token
+
+
+def _tls_files(args) -> dict:
+    """--ca-file / --cert-file / --key-file, else GANTRY_CA_FILE / GANTRY_CERT_FILE / GANTRY_KEY_FILE."""
+    files = {}
+    for flag, env in (("ca_file", "GANTRY_CA_FILE"), ("cert_file", "GANTRY_CERT_FILE"),
+                      ("key_file", "GANTRY_KEY_FILE")):
+        if value := getattr(args, flag) or os.environ.get(env):
+            if not Path(value).is_file():
+                raise UsageError(f"--{flag.replace('_', '-')} / {env}: no such file {value!r}")
+            files[flag] = value
+    if ("cert_file" in files) != ("key_file" in files) or (files and "ca_file" not in files):
+        raise UsageError("--cert-file and --key-file go together, and need --ca-file")
+    return files
 
 
 # -- commands: each returns the rows it shows ------------------------------------------------------------------
@@ -398,9 +440,9 @@ async def amain(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     try:
-        token = resolve_token(args.token)
+        token = resolve_token(args.token_file)
         addr = args.addr or os.environ.get("GANTRY_GRPC_ADDR") or DEFAULT_ADDR
-        async with connect(addr, admin_token=token) as channel:
+        async with connect(addr, admin_token=token, **_tls_files(args)) as channel:
             row = await COMMANDS[(args.area, args.action)](admin_pb2_grpc.AdminServiceStub(channel), args,
                                                            args.timeout)
     except UsageError as exc:

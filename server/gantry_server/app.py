@@ -17,13 +17,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
-from . import embedded
+from . import embedded, tls
 from .clock import Clock, SystemClock
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, check_admin_token
 from .domain.auth.launch_tokens import LaunchTokenKeys
 from .domain.events.hub import EventHub
 from .domain.events.relay import OutboxRelay
-from .domain.secrets_at_rest import Keyring, SecretsError, load_keyring
+from .domain.secrets_at_rest import Keyring, SecretsError, load_keyring, write_secret_file
 from .broker.wiring import start_broker, stop_broker
 from .interceptors import ObservabilityInterceptor
 from .interceptors.auth import AuthInterceptor
@@ -54,17 +54,15 @@ class RedisUnreachable(RuntimeError):
 
 
 def _admin_token(settings: Settings) -> str | None:
-    """The configured admin token; the embedded default keeps a generated one in its data directory."""
+    """The configured admin token; the embedded default keeps a generated one in its data directory (created
+    0600, and refused like a configured one if someone replaced it with a weak token)."""
     if settings.admin_token:
         return settings.admin_token
     if not settings.embedded:
         return None
     path = Path(settings.data_dir) / "admin_token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    write_secret_file(path, secrets.token_urlsafe(32))
+    return check_admin_token(str(path), path.read_text())
 
 
 def _keyring(settings: Settings) -> Keyring:
@@ -110,6 +108,7 @@ class GantryApp:
 
     async def _start(self) -> None:
         s = self.settings
+        tls.refuse_public_plaintext(s, {"GANTRY_GRPC_ADDR": s.grpc_addr, "GANTRY_HTTP_ADDR": s.http_addr})
         if s.embedded:
             self.embedded = await asyncio.to_thread(
                 embedded.start, Path(s.data_dir),
@@ -148,7 +147,9 @@ class GantryApp:
         health_pb2_grpc.add_HealthServicer_to_server(
             instrument(self.health, health_pb2.DESCRIPTOR.services_by_name["Health"], self.interceptors), self.server)
         reflection.enable_server_reflection(names, self.server)
-        self.grpc_port = self.server.add_insecure_port(s.grpc_addr)
+        credentials = tls.grpc_credentials(s)
+        self.grpc_port = (self.server.add_secure_port(s.grpc_addr, credentials) if credentials is not None
+                          else self.server.add_insecure_port(s.grpc_addr))
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on GANTRY_GRPC_ADDR={s.grpc_addr}")
         await self.server.start()
@@ -156,7 +157,8 @@ class GantryApp:
         if s.http_addr:  # before migrations, so /health answers 503 (not "connection refused") while starting
             from gantry_gateway import HttpServer, in_process_gateway
 
-            self.http = HttpServer(in_process_gateway(self, max_body_bytes=s.http_max_body_bytes), s.http_addr)
+            self.http = HttpServer(in_process_gateway(self, max_body_bytes=s.http_max_body_bytes), s.http_addr,
+                                   ssl_context=tls.ssl_context(s))
             await self.http.start()
             log.info("http listening", extra={"addr": self.http_addr})
 

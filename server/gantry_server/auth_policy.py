@@ -10,15 +10,15 @@ Kinds:
     boot_token    `x-boot-token` bound to the hotkey and the request's vm_name (validated, not consumed)
     nonce         no identity, only a one-time attestation nonce (boot attestation)
     admin         `authorization: Bearer <admin token>`
+    consumer      the broker's consumers: `user` by API key or user token when the BrokerSettings switch named by
+                  `setting` says "required" (GANTRY_BROKER_AUTH / GANTRY_BROKER_INVENTORY_AUTH), `none` when "open"
 
 `attestation_nonce` (a purpose) adds a one-time attestation nonce from `x-chutes-nonce`, bound to the caller
 IP, consumed before the handler runs. Purposes follow domain-validator.md §1.1.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .domain.auth.rate_limit import Limit
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,11 @@ class Policy:
     attestation_nonce: str | None = None
     allow_retrieved: bool = False  # launch_token: verify/activate may reuse a retrieved config
     hotkey_from: str = "metadata"  # boot_token: "metadata" (x-chutes-hotkey) or "request" (request.hotkey)
-    rate_limit: tuple[str, Limit] | None = None  # (bucket, limit) per caller
+    rate_limit: str | None = None  # bucket (RATE_LIMITS below; its rate is in config RateLimitSettings)
+    setting: str = "auth"  # consumer: the BrokerSettings field ("required"/"open") that decides
 
 
-KINDS = frozenset({"none", "hotkey", "user", "launch_token", "boot_token", "nonce", "admin"})
+KINDS = frozenset({"none", "hotkey", "user", "launch_token", "boot_token", "nonce", "admin", "consumer"})
 
 NONE = Policy("none")
 ADMIN = Policy("admin")
@@ -48,6 +49,8 @@ def launch(*, allow_retrieved: bool = False, nonce: str | None = None) -> Policy
 
 _MINER = hotkey("miner", registered=True)
 _TEE = hotkey("tee")
+_CONSUMER = Policy("consumer")
+_CATALOGUE = Policy("consumer", setting="inventory_auth")
 
 POLICIES: dict[str, Policy] = {
     # ops
@@ -75,8 +78,7 @@ POLICIES: dict[str, Policy] = {
     "/gantry.instances.v1.InstanceService/ActivateLaunchConfigInstance": launch(allow_retrieved=True),
     "/gantry.instances.v1.InstanceService/GetInstanceNonce": NONE,
     "/gantry.instances.v1.InstanceService/GetToken": NONE,
-    "/gantry.instances.v1.InstanceService/GetTeeInstanceEvidence": Policy(
-        "user", purpose="chutes", rate_limit=("tee_evidence", Limit(60, 60))),
+    "/gantry.instances.v1.InstanceService/GetTeeInstanceEvidence": Policy("user", purpose="chutes"),
     "/gantry.instances.v1.InstanceService/StreamLogs": Policy("user", purpose="logs"),
     "/gantry.instances.v1.InstanceService/DisableInstance": hotkey("instances", registered=True),
     "/gantry.instances.v1.InstanceService/DeleteInstance": hotkey("instances", registered=True),
@@ -104,15 +106,41 @@ POLICIES: dict[str, Policy] = {
     **{f"/gantry.miner.v1.MinerService/{m}": NONE for m in (
         "GetMetrics", "GetStats", "GetScores", "GetUniqueChuteHistory", "GetMetagraph", "ListRollingUpdates",
         "ListChuteUtilization", "GetSupportedNodes")},
-    # broker (seed 004): the reference has no authentication; kept open until the broker issue decides.
-    **{f"/gantry.broker.v1.InventoryService/{m}": NONE for m in (
+    # broker (seed 004): the reference has no authentication; a consumer is an API-key/user-token user when
+    # GANTRY_BROKER_AUTH=required (sessions and costs are then the caller's own, see docs/broker.md).
+    **{f"/gantry.broker.v1.InventoryService/{m}": _CATALOGUE for m in (
         "ListOffers", "GetOffer", "ListCompatibleTemplates", "ListOfferHealth")},
-    **{f"/gantry.broker.v1.TemplateService/{m}": NONE for m in ("ListTemplates", "GetTemplate")},
-    **{f"/gantry.broker.v1.SessionService/{m}": NONE for m in (
+    **{f"/gantry.broker.v1.TemplateService/{m}": _CATALOGUE for m in ("ListTemplates", "GetTemplate")},
+    **{f"/gantry.broker.v1.SessionService/{m}": _CONSUMER for m in (
         "CreateSession", "ListSessions", "GetSession", "GetSessionDiagnostics", "DoneSession", "ExtendSession",
         "DestroySession", "WatchSession")},
-    **{f"/gantry.broker.v1.CostService/{m}": NONE for m in ("GetCosts", "GetCostSummary")},
+    **{f"/gantry.broker.v1.CostService/{m}": _CONSUMER for m in ("GetCosts", "GetCostSummary")},
 }
+
+# Rate-limit bucket per RPC: every anonymous or cheap-to-call path that costs the server. Each bucket's rate
+# (requests per window, per caller: user, hotkey, else the client IP by the trusted-proxy rule) is configured in
+# config.RateLimitSettings (GANTRY_RATE_LIMITS). Every server stream is also capped in concurrency (per caller and
+# per process, GANTRY_STREAMS_PER_CALLER / _PER_PROCESS) whether listed here or not.
+RATE_LIMITS: dict[str, str] = {
+    "/gantry.servers.v1.ServerService/GetNonce": "nonce",
+    "/gantry.instances.v1.InstanceService/GetInstanceNonce": "nonce",
+    "/gantry.servers.v1.ServerService/GetRuntimeNonce": "nonce",
+    "/gantry.servers.v1.ServerService/VerifyBootAttestation": "attestation",
+    "/gantry.servers.v1.ServerService/VerifyRuntimeAttestation": "attestation",
+    "/gantry.instances.v1.InstanceService/GetTeeInstanceEvidence": "tee_evidence",
+    **{f"/gantry.broker.v1.InventoryService/{m}": "inventory" for m in (
+        "ListOffers", "GetOffer", "ListCompatibleTemplates", "ListOfferHealth")},
+    **{f"/gantry.broker.v1.TemplateService/{m}": "inventory" for m in ("ListTemplates", "GetTemplate")},
+    "/gantry.broker.v1.SessionService/CreateSession": "session_create",
+    "/gantry.broker.v1.SessionService/WatchSession": "session_watch",
+    "/gantry.instances.v1.InstanceService/GetInstanceReconciliationCsv": "export",
+    "/gantry.instances.v1.InstanceService/GetInstanceComputeHistoryCsv": "export",
+    "/gantry.instances.v1.InstanceService/GetToken": "public",
+    **{f"/gantry.miner.v1.MinerService/{m}": "public" for m in (
+        "GetMetrics", "GetStats", "GetScores", "GetUniqueChuteHistory", "GetMetagraph", "ListRollingUpdates",
+        "ListChuteUtilization", "GetSupportedNodes")},
+}
+POLICIES.update({rpc: replace(POLICIES[rpc], rate_limit=bucket) for rpc, bucket in RATE_LIMITS.items()})
 
 # Infrastructure services outside the product contract.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",

@@ -10,7 +10,7 @@ import asyncio
 import signal
 import sys
 
-from . import logs
+from . import logs, tls
 from .app import GantryApp, RedisUnreachable, tune_gc
 from .config import ConfigError, Settings
 from .store.db import DatabaseUnreachable
@@ -49,12 +49,32 @@ async def _serve(settings: Settings) -> None:
     await app.stop()
 
 
-async def _gateway(settings: Settings, upstream: str) -> None:
-    """The REST gateway alone, in front of a remote gRPC server."""
+async def _gateway(settings: Settings, upstream: str, ca_file: str | None = None, cert_file: str | None = None,
+                   key_file: str | None = None) -> None:
+    """The REST gateway alone, in front of a remote gRPC server: TLS to it when `ca_file` is given, presenting
+    `cert_file`/`key_file` to an upstream that requires client certificates (mTLS)."""
+    from gantry_client import tls_credentials
     from gantry_gateway import HttpServer, remote_gateway
 
-    gateway = remote_gateway(upstream, max_body_bytes=settings.http_max_body_bytes)
-    http = HttpServer(gateway, settings.http_addr)
+    tls.refuse_public_plaintext(settings, {"GANTRY_HTTP_ADDR": settings.http_addr})
+    # As `gantry serve`: with the simulated provider (a shell on the upstream's machine) only on loopback.
+    from .broker.wiring import check_simulated_is_local
+    from gantry_gateway.browser import BrowserGuard
+
+    check_simulated_is_local(settings)
+    credentials = None
+    if ca_file or cert_file or key_file:
+        if not ca_file:
+            raise ConfigError("--cert-file/--key-file need --ca-file (TLS to the upstream)")
+        try:
+            credentials = tls_credentials(ca_file, cert_file, key_file)
+        except ValueError as exc:
+            raise ConfigError(f"--cert-file/--key-file: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {exc.filename!r}: {exc.strerror}") from None
+    gateway = remote_gateway(upstream, credentials=credentials, max_body_bytes=settings.http_max_body_bytes,
+                             browser=BrowserGuard.for_settings(settings))
+    http = HttpServer(gateway, settings.http_addr, ssl_context=tls.ssl_context(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -101,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="run the gRPC server (embedded PostgreSQL/Redis when no URL is configured)")
     gw = sub.add_parser("gateway", help="run only the REST gateway in front of a remote gRPC server")
     gw.add_argument("--upstream", required=True, help="host:port of the gRPC server")
+    gw.add_argument("--ca-file", help="TLS to the upstream, verified by this CA certificate (plaintext without)")
+    gw.add_argument("--cert-file", help="client certificate for an upstream that requires one (mTLS)")
+    gw.add_argument("--key-file", help="the client certificate's key")
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("revision", nargs="?", default="head", help="target revision (default head; -1 steps down)")
     args = parser.parse_args(argv)
@@ -114,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             _run(_serve(settings))
         elif args.command == "gateway":
-            _run(_gateway(settings, args.upstream))
+            _run(_gateway(settings, args.upstream, args.ca_file, args.cert_file, args.key_file))
         elif args.command == "migrate":
             _run(_migrate(settings, args.revision))
     except (DatabaseUnreachable, RedisUnreachable, ConfigError) as exc:

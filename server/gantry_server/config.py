@@ -5,6 +5,7 @@ Every knob is listed in the README's configuration table; tests build `Settings`
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -86,6 +87,17 @@ class BrokerSettings:
     # lifecycle loop; tests that move a ManualClock turn it off and call the loop's tick themselves.
     fast_verify: bool = True
     background_loops: bool = True  # tests that drive ticks by hand turn the periodic loops off
+    # GANTRY_BROKER_AUTH: "required" (API key or user token; a consumer sees only its own sessions and costs)
+    # or "open" (no credentials, consumer_id as sent: the seed's behaviour). None: required when a real
+    # provider is configured (from_env also when a listener is not on loopback). See docs/broker.md.
+    auth: str | None = None
+    inventory_auth: str = "open"  # GANTRY_BROKER_INVENTORY_AUTH: the same switch for inventory and templates
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth is not None:
+            return self.auth == "required"
+        return any(p != "simulated" for p in self.providers)
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,9 @@ class Settings:
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8080"
     http_max_body_bytes: int = 1 << 20  # REST gateway: larger bodies get 413
+    # Browser origins (scheme://host[:port]) whose state-changing REST requests are accepted; none by default
+    # (gantry_gateway/browser.py): GANTRY_HTTP_ALLOWED_ORIGINS, comma-separated.
+    http_allowed_origins: tuple[str, ...] = ()
     database_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("gantry")))
@@ -107,10 +122,17 @@ class Settings:
     kek: str | None = field(default=None, repr=False)  # base64 of 32 bytes; never logged
     kek_previous: tuple[str, ...] = field(default=(), repr=False)
     trusted_proxies: tuple[str, ...] = ()
+    # TLS on both listeners (gRPC and REST) when a certificate chain and its key are given; with a client CA,
+    # both require and verify client certificates (mTLS, e.g. TEE VMs: gantry_server/tls.py).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    allow_plaintext: bool = False  # a non-loopback listener without TLS: only behind a TLS-terminating proxy
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     attestation: AttestationSettings = field(default_factory=lambda: AttestationSettings())
     launch: "LaunchSettings" = field(default_factory=lambda: LaunchSettings())
     miner: "MinerSettings" = field(default_factory=lambda: MinerSettings())
+    limits: "RateLimitSettings" = field(default_factory=lambda: RateLimitSettings())
 
     @property
     def embedded(self) -> bool:
@@ -133,6 +155,13 @@ class Settings:
             if not v.isdigit() or int(v) < 1:
                 raise ConfigError(f"GANTRY_HTTP_MAX_BODY_BYTES must be a positive integer, got {v!r}")
             kw["http_max_body_bytes"] = int(v)
+        if v := get("GANTRY_HTTP_ALLOWED_ORIGINS"):
+            origins = tuple(o.strip().rstrip("/") for o in v.split(",") if o.strip())
+            bad = [o for o in origins if not re.match(r"^https?://[^/\s]+$", o)]
+            if bad:
+                raise ConfigError(f"GANTRY_HTTP_ALLOWED_ORIGINS must list origins like https://console.example "
+                                  f"(scheme://host[:port], no path), got {bad[0]!r}")
+            kw["http_allowed_origins"] = origins
         if v := get("GANTRY_DATABASE_URL"):
             if not v.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
                 raise ConfigError(f"GANTRY_DATABASE_URL must be a postgresql:// URL, got scheme {v.split(':', 1)[0]!r}")
@@ -160,22 +189,60 @@ class Settings:
                 raise ConfigError(f"GANTRY_NETUID must be a non-negative integer, got {v!r}")
             kw["netuid"] = int(v)
         if v := get("GANTRY_ADMIN_TOKEN"):
-            kw["admin_token"] = v
+            kw["admin_token"] = check_admin_token("GANTRY_ADMIN_TOKEN", v)
         if v := get("GANTRY_KEK"):
             kw["kek"] = v
         if v := get("GANTRY_KEK_PREVIOUS"):
             kw["kek_previous"] = tuple(p.strip() for p in v.split(",") if p.strip())
         if v := get("GANTRY_TRUSTED_PROXIES"):
             kw["trusted_proxies"] = _networks("GANTRY_TRUSTED_PROXIES", v)
+        kw.update(_tls_from_env(get))
         embedded = "database_url" not in kw or "redis_url" not in kw
-        kw["broker"] = _broker_from_env(get, embedded=embedded)
+        kw["broker"] = _broker_from_env(get, embedded=embedded, loopback=all(
+            _loopback(kw.get(name, getattr(cls, name))) for name in ("grpc_addr", "http_addr")))
         kw["attestation"] = _attestation_from_env(get)
         kw["launch"] = _launch_from_env(get)
         kw["miner"] = _miner_from_env(get)
+        kw["limits"] = _limits_from_env(get)
         return cls(**kw)
 
 
+def _tls_from_env(get) -> dict:
+    """GANTRY_TLS_*: a certificate needs its key (and the reverse), a client CA needs both; files must exist."""
+    kw: dict = {}
+    for env_name, key in (("GANTRY_TLS_CERT_FILE", "tls_cert_file"), ("GANTRY_TLS_KEY_FILE", "tls_key_file"),
+                          ("GANTRY_TLS_CLIENT_CA_FILE", "tls_client_ca_file")):
+        if v := get(env_name):
+            path = Path(v).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{env_name} must name a readable PEM file, got {v!r}")
+            kw[key] = path
+    if ("tls_cert_file" in kw) != ("tls_key_file" in kw):
+        raise ConfigError("GANTRY_TLS_CERT_FILE and GANTRY_TLS_KEY_FILE must be set together")
+    if "tls_client_ca_file" in kw and "tls_cert_file" not in kw:
+        raise ConfigError("GANTRY_TLS_CLIENT_CA_FILE (mTLS) needs GANTRY_TLS_CERT_FILE and GANTRY_TLS_KEY_FILE")
+    if v := get("GANTRY_ALLOW_PLAINTEXT"):
+        kw["allow_plaintext"] = _bool("GANTRY_ALLOW_PLAINTEXT", v)
+    return kw
+
+
 _PROVIDERS = ("vastai", "tensordock", "simulated")
+
+
+ADMIN_TOKEN_MIN_CHARS = 32  # 32 hex digits = 128 bits; `openssl rand -hex 32` gives 64
+
+
+def check_admin_token(source: str, token: str) -> str:
+    """The admin token is the one credential that rules everything: refuse one a person could guess or type.
+
+    At least 32 characters and not a short pattern repeated (at least 8 distinct characters); a random token from
+    `openssl rand -hex 32` or `secrets.token_urlsafe(32)` always passes.
+    """
+    token = token.strip()
+    if len(token) < ADMIN_TOKEN_MIN_CHARS or len(set(token)) < 8:
+        raise ConfigError(f"{source} is too weak: use at least {ADMIN_TOKEN_MIN_CHARS} random characters "
+                          "(e.g. `openssl rand -hex 32`)")
+    return token
 
 
 def _positive(name: str, raw: str, cast=float):
@@ -188,7 +255,20 @@ def _positive(name: str, raw: str, cast=float):
     return value
 
 
-def _broker_from_env(get, *, embedded: bool) -> BrokerSettings:
+def _loopback(addr: str) -> bool:
+    """host:port on a loopback address ("localhost", 127.0.0.0/8, ::1); a name like 127.example.com is not."""
+    import ipaddress
+
+    host = addr.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _broker_from_env(get, *, embedded: bool, loopback: bool = True) -> BrokerSettings:
     """Broker settings; a listed provider without its credentials stops the start (no silent demo mode).
 
     Unset GANTRY_BROKER_PROVIDERS means the simulated provider on the embedded default (a laptop) and no
@@ -235,6 +315,13 @@ def _broker_from_env(get, *, embedded: bool) -> BrokerSettings:
             raise ConfigError(f"GANTRY_BROKER_SHUTDOWN_POLICY must be keep or destroy, got {v!r}")
         kw["shutdown_policy"] = v
     providers = kw.get("providers", BrokerSettings.providers)
+    for env_name, key in (("GANTRY_BROKER_AUTH", "auth"), ("GANTRY_BROKER_INVENTORY_AUTH", "inventory_auth")):
+        if (v := get(env_name)) and v not in {"required", "open"}:
+            raise ConfigError(f"{env_name} must be required or open, got {v!r}")
+        if v:
+            kw[key] = v
+    if "auth" not in kw:  # a real provider spends money, a public listener reaches the simulated shell
+        kw["auth"] = "required" if not loopback or any(p != "simulated" for p in providers) else "open"
     if "vastai" in providers and not kw.get("vastai_api_key"):
         raise ConfigError("GANTRY_BROKER_PROVIDERS lists vastai but GANTRY_VASTAI_API_KEY is not set")
     if "tensordock" in providers and not (kw.get("tensordock_api_token") and kw.get("tensordock_auth_id")):
@@ -263,6 +350,9 @@ class AttestationSettings:
     gpu_evidence_verifier: tuple[str, ...] = ()  # argv of the GPU evidence verifier; empty refuses registration
     # TEE launch claims pull the chute deployment's evidence from the server's attestation proxy.
     instance_evidence_url: str = "https://{host}:30443/service/chute-service-{deployment_id}/verify"
+    # Bounds of every evidence pull (the miner's host answers): body size cap and overall deadline.
+    evidence_max_bytes: int = 4 << 20
+    evidence_deadline_seconds: float = 30.0
 
 
 def _attestation_from_env(get) -> AttestationSettings:
@@ -307,6 +397,10 @@ def _attestation_from_env(get) -> AttestationSettings:
             raise ConfigError("GANTRY_TDX_INSTANCE_EVIDENCE_URL must be an http(s) URL template with {host} and "
                               f"{{deployment_id}}, got {v!r}")
         kw["instance_evidence_url"] = v
+    if v := get("GANTRY_TDX_EVIDENCE_MAX_BYTES"):
+        kw["evidence_max_bytes"] = _positive("GANTRY_TDX_EVIDENCE_MAX_BYTES", v, int)
+    if v := get("GANTRY_TDX_EVIDENCE_DEADLINE_SECONDS"):
+        kw["evidence_deadline_seconds"] = _positive("GANTRY_TDX_EVIDENCE_DEADLINE_SECONDS", v)
     return AttestationSettings(**kw)
 
 
@@ -359,3 +453,60 @@ def _miner_from_env(get) -> MinerSettings:
         if v := get(env_name):
             kw[key] = _positive(env_name, v, cast)
     return MinerSettings(**kw)
+
+
+# Requests per bucket (auth_policy.RATE_LIMITS names each RPC's bucket): (requests, per seconds), counted in Redis
+# per caller (user, hotkey, or the IP by the trusted-proxy rule) and shared by every replica.
+DEFAULT_RATE_LIMITS: dict[str, tuple[int, int]] = {
+    "nonce": (60, 60),  # /servers/nonce, /instances/nonce, runtime nonces: each is a Redis key for 600 s
+    "attestation": (30, 60),  # boot and runtime attestation: quote verification, collateral, evidence pulls
+    "tee_evidence": (60, 60),  # a fresh quote from the miner's host per call
+    "inventory": (120, 60),  # broker inventory and templates
+    "session_create": (30, 60),  # each may rent a GPU
+    "session_watch": (60, 60),  # opening WatchSession (concurrent streams are capped separately)
+    "export": (10, 60),  # the anonymous instance CSV exports (whole-table scans)
+    "public": (300, 60),  # other anonymous reads (miner stats, metagraph, token check)
+}
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Request rates per bucket and concurrent server streams (both faces: REST streams are the same RPCs).
+
+    GANTRY_RATE_LIMITS="nonce=30/60,session_create=5/60,export=off" overrides buckets; GANTRY_STREAMS_PER_CALLER
+    and GANTRY_STREAMS_PER_PROCESS cap open streams (per caller within a process, and in all; miners' WatchEvents
+    is one per miner, so the process default leaves room for 10,000 miners and their reconnects).
+    """
+
+    rates: tuple[tuple[str, int, int], ...] = tuple((k, n, s) for k, (n, s) in DEFAULT_RATE_LIMITS.items())
+    streams_per_caller: int = 8
+    streams_per_process: int = 25_000
+
+    def rate(self, bucket: str) -> tuple[int, int] | None:
+        """(requests, per_seconds) of a bucket; None when it is off (or unknown)."""
+        return next(((n, s) for name, n, s in self.rates if name == bucket), None)
+
+
+def _limits_from_env(get) -> RateLimitSettings:
+    rates = dict((name, (n, s)) for name, n, s in RateLimitSettings.rates)
+    if v := get("GANTRY_RATE_LIMITS"):
+        for item in (i.strip() for i in v.split(",") if i.strip()):
+            name, _, spec = item.partition("=")
+            name, spec = name.strip(), spec.strip()
+            if name not in DEFAULT_RATE_LIMITS:
+                raise ConfigError(f"GANTRY_RATE_LIMITS: unknown bucket {name!r} (known: "
+                                  f"{', '.join(DEFAULT_RATE_LIMITS)})")
+            if spec == "off":
+                rates.pop(name, None)
+                continue
+            m = re.match(r"^([1-9][0-9]*)/([1-9][0-9]*)$", spec)
+            if not m:
+                raise ConfigError(f"GANTRY_RATE_LIMITS: {name} must be REQUESTS/SECONDS (e.g. 60/60) or off, "
+                                  f"got {spec!r}")
+            rates[name] = (int(m.group(1)), int(m.group(2)))
+    kw: dict = {"rates": tuple((k, n, s) for k, (n, s) in rates.items())}
+    for env_name, key in (("GANTRY_STREAMS_PER_CALLER", "streams_per_caller"),
+                          ("GANTRY_STREAMS_PER_PROCESS", "streams_per_process")):
+        if v := get(env_name):
+            kw[key] = _positive(env_name, v, int)
+    return RateLimitSettings(**kw)

@@ -22,6 +22,8 @@ HTTP_PATH = "x-gantry-http-path"  # raw path plus "?query" when present, as the 
 BODY_SHA256 = "x-gantry-body-sha256"  # hex SHA-256 of the raw request body ("" for no body)
 
 # Headers the gateway forwards from HTTP to metadata (case-insensitive names).
+# x-forwarded-for goes as sent (several header lines joined by ", "), beside the TCP peer: the server's one
+# trusted-proxy rule (domain/auth/caller.py TrustedProxies) decides whether to believe it, on both faces.
 FORWARDED_HEADERS = (HOTKEY, SIGNATURE, NONCE, SIG_VERSION, AUTHORIZATION, BOOT_TOKEN, REQUEST_ID, CLIENT_CERT,
-                     IDEMPOTENCY_KEY)
+                     IDEMPOTENCY_KEY, FORWARDED_FOR)
 GATEWAY_ONLY = (HTTP_METHOD, HTTP_PATH, BODY_SHA256)

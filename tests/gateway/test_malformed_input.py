@@ -1,7 +1,18 @@
 """Malformed requests get the family's 4xx body (422 FastAPI list / 400 broker), never a 5xx."""
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
+from bittensor_wallet import Keypair
+
+from gantry.admin.v1 import admin_pb2, admin_pb2_grpc
+from gantry_server.domain.auth import signatures as s
+
+from ..conftest import ADMIN_METADATA
+
+ALICE = Keypair.create_from_uri("//Alice")
 
 
 async def test_bad_json_validator_422_broker_400(http):
@@ -9,7 +20,8 @@ async def test_bad_json_validator_422_broker_400(http):
     assert v.status_code == 422
     [item] = v.json()["detail"]
     assert item["type"] == "json_invalid" and item["loc"][0] == "body"
-    b = await http.post("/api/v1/sessions", content=b"{nope", headers={"X-Request-ID": "bad-json"})
+    b = await http.post("/api/v1/sessions", content=b"{nope", headers={"X-Request-ID": "bad-json",
+                                                                       "content-type": "application/json"})
     assert b.status_code == 400
     assert b.json()["request_id"] == "bad-json" and b.json()["error"].startswith("invalid request body")
 
@@ -81,7 +93,21 @@ async def test_unicode_is_carried_not_crashed(http):
     assert query.status_code < 500 or query.status_code == 501
 
 
-async def test_client_supplied_gateway_headers_are_dropped(http):
-    # A forged x-gantry-body-sha256 must not reach the server; the gateway computes its own.
-    response = await http.get("/ready", headers={"x-gantry-body-sha256": "forged", "x-gantry-http-path": "/x"})
-    assert response.status_code == 200
+async def test_client_supplied_gateway_headers_are_dropped(http, channel, clean_db):
+    """A REST client cannot tell the server which path and body its v2 signature covers: the gateway's own
+    `x-gantry-http-path` / `x-gantry-body-sha256` replace forged ones, so a signature made for another request
+    (here: another path, another body hash) is refused on this one."""
+    await admin_pb2_grpc.AdminServiceStub(channel).UpsertMetagraphNodes(admin_pb2.UpsertMetagraphNodesRequest(
+        nodes=[admin_pb2.MetagraphNode(hotkey=ALICE.ss58_address, netuid=64, node_id=1)]), metadata=ADMIN_METADATA)
+
+    def signed(path: str, body_sha256: str | None) -> dict:
+        nonce = f"{int(time.time())}.{uuid.uuid4().hex[:12]}"
+        message = s.v2_message(ALICE.ss58_address, "DELETE", path, nonce, body_sha256)
+        return {"X-Chutes-Hotkey": ALICE.ss58_address, "X-Chutes-Nonce": nonce, "X-Chutes-Sig-Version": "2",
+                "X-Chutes-Signature": ALICE.sign(message.encode()).hex()}
+
+    forged = await http.delete("/miner/jobs/job-1", headers=signed("/miner/jobs/other", "ab" * 32) | {
+        "x-gantry-http-path": "/miner/jobs/other", "x-gantry-body-sha256": "ab" * 32})
+    assert forged.status_code == 401 and "signature" in forged.text.lower(), forged.text
+    honest = await http.delete("/miner/jobs/job-1", headers=signed("/miner/jobs/job-1", None))
+    assert honest.status_code == 404, honest.text  # the same caller, signing what it sends, gets past auth

@@ -25,6 +25,8 @@ from gantry_server.clock import ManualClock
 from gantry_server.domain.auth import signatures as s
 from gantry_server.domain.auth.nonces import AttestationNonces, BootTokens
 
+from gantry_server.config import RateLimitSettings
+
 from ..conftest import ADMIN_METADATA, make_settings
 
 ALICE = Keypair.create_from_uri("//Alice")
@@ -36,7 +38,9 @@ NOW = int(START.timestamp())
 
 @pytest.fixture(scope="module")
 async def auth_app(database_url, redis_url, tmp_path_factory):
-    gantry = GantryApp(make_settings(database_url, redis_url, tmp_path_factory.mktemp("auth")), clock=ManualClock(START))
+    gantry = GantryApp(make_settings(database_url, redis_url, tmp_path_factory.mktemp("auth"),
+                                     limits=RateLimitSettings(rates=(("tee_evidence", 60, 60),))),
+                       clock=ManualClock(START))
     await gantry.start()
     yield gantry
     await gantry.stop(0)

@@ -198,7 +198,8 @@ async def test_cli_issues_and_revokes_and_no_token_reaches_the_logs(admin, ch, t
         monkeypatch.delenv(name, raising=False)
     caplog.set_level(logging.DEBUG)
     user_id = await new_user(admin)
-    common = ["--addr", token_app.grpc_addr, "--token", "test-admin-token"]
+    monkeypatch.setenv("GANTRY_ADMIN_TOKEN", "test-admin-token")  # never on the command line (`ps` shows it)
+    common = ["--addr", token_app.grpc_addr]
     assert await admin_cli.amain([*common, "token", "create", user_id, "--ttl", "300", "--name", "ci", "--json"]) == 0
     out, err = capsys.readouterr()
     row = json.loads(out)

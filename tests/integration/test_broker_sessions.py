@@ -500,6 +500,32 @@ async def test_shutdown_policy_destroy_ends_every_session_in_the_database_too(da
         await provider.shutdown()
 
 
+async def test_shutdown_policy_destroy_ends_only_the_sessions_this_replica_created(database_url, redis_url, tmp_path,
+                                                                                  clean_db, redis):
+    """Finding 10 of issue 13: one replica's SIGTERM ended every replica's sessions (a rolling deploy with
+    GANTRY_BROKER_SHUTDOWN_POLICY=destroy killed the whole fleet's sessions)."""
+    from gantry_server.clock import ManualClock
+    from gantry_server.providers.simulated import SimulatedProvider
+
+    from .broker_harness import T0
+
+    clock = ManualClock(T0)
+    provider = SimulatedProvider(clock=clock, offer_count=12, boot_seconds=30)
+    try:
+        async with running_broker(database_url, redis_url, tmp_path / "stays", provider=provider, clock=clock,
+                                  shutdown_policy="destroy") as stays:
+            theirs = await stays.create()
+            async with running_broker(database_url, redis_url, tmp_path / "leaves", provider=provider, clock=clock,
+                                      shutdown_policy="destroy") as leaves:
+                ours = await leaves.create(offer_id=await leaves.offer(gpu_type="A100"))
+            assert (await stays.row(ours.id)).stop_reason == "shutdown"
+            survivor = await stays.row(theirs.id)
+            assert survivor.status == "provisioning" and survivor.stop_reason is None
+            assert provider.instance_state(survivor.provider_instance_id) != "gone"
+    finally:
+        await provider.shutdown()
+
+
 # ---- streams and reads -------------------------------------------------------------------------------------------
 
 async def test_watch_session_streams_each_status_change_and_ends(broker):

@@ -180,7 +180,8 @@ async def test_cli_rotates_through_the_server_and_shows_counts_only(rotating_app
         monkeypatch.delenv(name, raising=False)
     caplog.set_level(logging.DEBUG)
     plain = await seed(clean_db, Keyring(OLD), sessions=4)
-    common = ["--addr", rotating_app.grpc_addr, "--token", "test-admin-token"]
+    monkeypatch.setenv("GANTRY_ADMIN_TOKEN", "test-admin-token")  # never on the command line (`ps` shows it)
+    common = ["--addr", rotating_app.grpc_addr]
 
     assert await admin_cli.amain([*common, "rotate-keys", "--json", "--batch-size", "2"]) == 0
     out, err = capsys.readouterr()

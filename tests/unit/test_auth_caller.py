@@ -1,4 +1,4 @@
-"""Caller IP: the gRPC peer, or the first X-Forwarded-For entry only behind a trusted proxy."""
+"""Caller IP: the gRPC peer, or behind trusted proxies the rightmost X-Forwarded-For entry no trusted proxy wrote."""
 from __future__ import annotations
 
 import pytest
@@ -22,6 +22,9 @@ def test_forwarded_for_is_ignored_unless_the_peer_is_trusted():
     assert proxies.client_ip("203.0.113.9", "198.51.100.7") == "203.0.113.9"  # spoof attempt
     assert proxies.client_ip("10.9.9.9", "not-an-ip") == "10.9.9.9"
     assert TrustedProxies([]).client_ip("10.9.9.9", "198.51.100.7") == "10.9.9.9"
+    # a client-written entry left of what the proxy appended is not believed; trusted hops are skipped
+    assert proxies.client_ip("10.9.9.9", "6.6.6.6, 198.51.100.7") == "198.51.100.7"
+    assert proxies.client_ip("10.9.9.9", "6.6.6.6, 198.51.100.7, 10.1.1.1") == "198.51.100.7"
 
 
 def test_settings_read_trusted_proxies_and_kek():

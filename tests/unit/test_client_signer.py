@@ -127,7 +127,7 @@ def test_client_ss58_matches_the_server_decoder():
 
 def test_public_surface_is_one_list_and_the_client_does_not_import_the_server():
     assert gantry_client.__all__ == ["AdminTokenInterceptor", "CursorExpired", "MinerEvents", "Signer",
-                                     "SigningInterceptor", "connect"]
+                                     "SigningInterceptor", "connect", "tls_credentials"]
     code = ("import sys, gantry_client; bad = [m for m in sys.modules if m.startswith('gantry_server')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

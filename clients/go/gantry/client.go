@@ -4,9 +4,13 @@ package gantry
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -33,8 +37,39 @@ type Client struct {
 	Costs     brokerv1.CostServiceClient
 }
 
+// WithCAFile returns the dial option for TLS to a server whose certificate caFile (PEM) signed, e.g.
+//
+//	tls, err := gantry.WithCAFile("ca.pem")
+//	c, err := gantry.Dial("gantry.example:50051", tls)
+func WithCAFile(caFile string) (grpc.DialOption, error) {
+	creds, err := credentials.NewClientTLSFromFile(caFile, "")
+	if err != nil {
+		return nil, fmt.Errorf("gantry: CA file %s: %w", caFile, err)
+	}
+	return grpc.WithTransportCredentials(creds), nil
+}
+
+// WithClientCert is WithCAFile for a server that requires client certificates (GANTRY_TLS_CLIENT_CA_FILE):
+// it also presents certFile with its keyFile (PEM).
+func WithClientCert(caFile, certFile, keyFile string) (grpc.DialOption, error) {
+	roots, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("gantry: CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(roots) {
+		return nil, fmt.Errorf("gantry: CA file %s holds no PEM certificate", caFile)
+	}
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("gantry: client certificate: %w", err)
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})), nil
+}
+
 // Dial connects to a Gantry server at addr (host:port). Plaintext suits loopback and tests; pass
-// grpc.WithTransportCredentials to override.
+// WithCAFile (or grpc.WithTransportCredentials) for TLS.
 func Dial(addr string, opts ...grpc.DialOption) (*Client, error) {
 	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
 	conn, err := grpc.NewClient(addr, opts...)

@@ -9,9 +9,10 @@
 
 The public surface is this list; everything else is private.
 """
-from ._channel import connect
+from ._channel import connect, tls_credentials
 from ._interceptors import AdminTokenInterceptor, SigningInterceptor
 from ._miner import CursorExpired, MinerEvents
 from ._signer import Signer
 
-__all__ = ["AdminTokenInterceptor", "CursorExpired", "MinerEvents", "Signer", "SigningInterceptor", "connect"]
+__all__ = ["AdminTokenInterceptor", "CursorExpired", "MinerEvents", "Signer", "SigningInterceptor", "connect",
+           "tls_credentials"]

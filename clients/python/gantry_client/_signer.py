@@ -136,15 +136,20 @@ class Signer:
 
     def v1_body_headers(self, body: bytes, *, nonce: str | None = None) -> dict[str, str]:
         nonce = nonce or self.v1_nonce()
-        return self._headers(self.v1_body_message(body, nonce), nonce, None)
+        return {**self._headers(self.v1_body_message(body, nonce), nonce, None), **_json_body(body)}
 
     def v2_headers(self, method: str, path: str, body: bytes | None = None, *, nonce: str | None = None
                    ) -> dict[str, str]:
         """Headers of a REST call signed v2 (single-use nonce: sign every request anew)."""
         nonce = nonce or self.v2_nonce()
-        return self._headers(self.v2_message(method, path, body, nonce), nonce, "2")
+        return {**self._headers(self.v2_message(method, path, body, nonce), nonce, "2"), **_json_body(body)}
 
     def grpc_metadata(self, rpc: str, request, *, nonce: str | None = None) -> tuple[tuple[str, str], ...]:
         """Metadata of a native gRPC call signed grpc-v1 (x-chutes-sig-version: 2, single-use nonce)."""
         nonce = nonce or self.v2_nonce()
         return tuple(self._headers(self.grpc_message(rpc, request, nonce), nonce, "2").items())
+
+
+def _json_body(body: bytes | None) -> dict[str, str]:
+    """A signed body is JSON, and Gantry's REST gateway refuses a body not declared so (415)."""
+    return {"Content-Type": "application/json"} if body else {}

@@ -151,6 +151,18 @@ class Lifecycle:
                 log.warning("reconcile: listing failed", extra={"provider": name, "error": str(exc)})
                 continue
             await self._reconcile_provider(name, provider, instances)
+        await self._forget_ended_creations()
+
+    async def _forget_ended_creations(self) -> None:
+        """Keep `created_here` (what a SIGTERM "destroy" ends) to the sessions still live, so a long-running
+        process does not collect the id of every session it ever created."""
+        snapshot = set(self.m.created_here)
+        if not snapshot:
+            return
+        async with self.b.engine.connect() as conn:
+            live = {r.id for r in (await conn.execute(select(t.c.id).where(
+                t.c.id.in_(sorted(snapshot)), t.c.status.in_(ACTIVE_SESSION_STATUSES)))).all()}
+        self.m.created_here -= snapshot - live  # ids added meanwhile stay
 
     async def _reconcile_provider(self, name, provider, instances) -> None:
         now = self.b.clock.now()
@@ -268,7 +280,11 @@ class Lifecycle:
         self._task = asyncio.create_task(self.run())
 
     async def shutdown(self, policy: str, timeout: float = 60.0) -> None:
-        """SIGTERM: "keep" leaves instances running for the next process; "destroy" ends every live session.
+        """SIGTERM: "keep" leaves instances running for the next process; "destroy" ends the live sessions this
+        process owns, that is those whose provider create it ran (SessionManager.created_here), never another
+        replica's: stopping one replica of a fleet (a rolling deploy, a scale-down) must not end sessions that
+        other replicas serve. Sessions created by a process that is gone are left to the lifecycle loops of the
+        others (expiry, hard max, idle), as with "keep".
 
         Either way the database says what happened: kept sessions stay active with their leases released,
         destroyed ones are stopped (or still stopping, for the next process to finish).
@@ -278,10 +294,11 @@ class Lifecycle:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.m.aclose()
-        if policy == "destroy":
+        if policy == "destroy" and self.m.created_here:
             async with self.b.engine.connect() as conn:
                 ids = [r.id for r in (await conn.execute(
-                    select(t.c.id).where(t.c.status.in_(ACTIVE_SESSION_STATUSES)))).all()]
+                    select(t.c.id).where(t.c.status.in_(ACTIVE_SESSION_STATUSES),
+                                         t.c.id.in_(sorted(self.m.created_here))))).all()]
             limit = asyncio.Semaphore(5)
 
             async def end(sid: str) -> None:

@@ -9,6 +9,10 @@ Rules that keep money and instances safe:
 - Its cost is recorded in the same transaction as that terminal status, on every path, once.
 - The private key is kept only encrypted under the keyring: an idempotent retry of a create can hand it out
   again (a lost 201 no longer strands a billed instance), and the broker can verify SSH after a restart.
+  The idempotency record is (consumer_id, request_id): with GANTRY_BROKER_AUTH=required the consumer is the
+  authenticated caller, so nobody else's retry can find it; open, only the unguessable request_id protects it.
+- `owner` (broker.consumers.owner_of_call): when set, a session of any other consumer is NOT_FOUND, checked
+  before anything changes.
 """
 from __future__ import annotations
 
@@ -92,13 +96,14 @@ class SessionManager:
     def __init__(self, broker: Broker) -> None:
         self.b = broker
         self._tasks: set[asyncio.Task] = set()  # provisioning work that must outlive the request
+        self.created_here: set[str] = set()  # sessions whose provider create this process ran (SIGTERM destroy)
 
     # ---- reads ---------------------------------------------------------------------------------------------------
 
-    async def get(self, session_id: str, *, not_found: str | None = None) -> Row:
+    async def get(self, session_id: str, *, owner: str | None = None, not_found: str | None = None) -> Row:
         async with self.b.engine.connect() as conn:
             row = await repo.get(conn, session_id)
-        if row is None:
+        if row is None or (owner is not None and row.consumer_id != owner):  # same answer: ids do not leak
             raise NotFound(not_found or f"session not found: {session_id}")
         return row
 
@@ -238,6 +243,7 @@ class SessionManager:
         if row.retry_count:
             metrics.RETRY_SUCCESSES.labels(row.provider, row.retry_scope or "same_gpu").inc()
         metrics.SESSIONS_CREATED.labels(row.provider).inc()
+        self.created_here.add(row.id)
         now = self.b.clock.now()
         async with self.b.engine.begin() as conn:
             updated = await repo.transition(
@@ -540,8 +546,8 @@ class SessionManager:
 
     # ---- user actions --------------------------------------------------------------------------------------------
 
-    async def done(self, session_id: str) -> Row:
-        row = await self.get(session_id)
+    async def done(self, session_id: str, *, owner: str | None = None) -> Row:
+        row = await self.get(session_id, owner=owner)
         if row.status in TERMINAL_SESSION_STATUSES:
             raise Conflict(f"session {session_id} is in terminal state: {row.status}", reason="SESSION_TERMINAL")
         if row.status == "stopping":
@@ -549,8 +555,8 @@ class SessionManager:
         ended = await self.terminate(session_id, "done")
         return ended or await self.get(session_id)
 
-    async def destroy(self, session_id: str) -> Row:
-        row = await self.get(session_id)
+    async def destroy(self, session_id: str, *, owner: str | None = None) -> Row:
+        row = await self.get(session_id, owner=owner)
         if row.status == "stopped" and row.preserved_until is not None:
             return await self.release_preserved(session_id) or row
         if row.status in ACTIVE_SESSION_STATUSES:
@@ -560,12 +566,14 @@ class SessionManager:
             return await self.finish_stopping(session_id) or row
         return row  # stopped/failed: idempotent
 
-    async def extend(self, session_id: str, hours: int) -> Row:
+    async def extend(self, session_id: str, hours: int, *, owner: str | None = None) -> Row:
         """One atomic UPDATE adds the hours only if the result stays within created_at + hard max, so two
         concurrent extensions can neither lose one another nor cross the limit together."""
         if not 1 <= hours <= MAX_RESERVATION_HOURS:
             raise InvalidArgument.field("additional_hours", "is required and must be between 1 and 12"
                                         if hours == 0 else "must be between 1 and 12")
+        if owner is not None:
+            await self.get(session_id, owner=owner)  # a session's consumer never changes: no race to lose
         limit = timedelta(hours=self.b.settings.hard_max_hours)
         async with self.b.engine.begin() as conn:
             updated = await repo.extend(conn, session_id, timedelta(hours=hours), limit, self.b.clock.now())

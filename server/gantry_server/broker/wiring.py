@@ -5,6 +5,7 @@ import ipaddress
 import logging
 import secrets
 from dataclasses import replace
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -75,8 +76,17 @@ def build_providers(settings: Settings, clock) -> dict:
             from ..providers.simulated import SimulatedProvider  # noqa: PLC0415
 
             providers[name] = SimulatedProvider(clock=clock, offer_count=b.simulated_offer_count,
-                                                boot_seconds=b.simulated_boot_seconds)
+                                                boot_seconds=b.simulated_boot_seconds,
+                                                hidden_dirs=(Path(settings.data_dir),))
     return providers
+
+
+def share_rate_limits(providers: dict, redis) -> None:
+    """Every real provider's token bucket moves to Redis: the limit is the account's, whatever the replica count."""
+    for provider in providers.values():
+        http = getattr(provider, "http", None)
+        if http is not None:
+            http.share_rate_limit(redis)
 
 
 def _policy(default, rate: float | None, burst: int | None):
@@ -92,6 +102,8 @@ async def start_broker(rt: Runtime, providers: dict | None = None) -> None:
 
     settings = rt.settings
     rt.providers = providers if providers is not None else build_providers(settings, rt.clock)
+    if providers is None:
+        share_rate_limits(rt.providers, rt.redis)
     rt.inventory = Inventory(rt.providers, rt.engine, rt.clock, ttl_seconds=settings.broker.inventory_ttl_seconds)
     broker = Broker(settings=settings.broker, engine=rt.engine, redis=rt.redis, clock=rt.clock, keyring=rt.keyring,
                     providers=rt.providers, inventory=rt.inventory,

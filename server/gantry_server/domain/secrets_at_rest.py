@@ -131,6 +131,21 @@ class Keyring:
         return self.encrypt(self.decrypt(blob, context=context), context=context)
 
 
+def write_secret_file(path: Path, text: str) -> bool:
+    """Create `path` holding `text`, readable by its owner only from the first byte (mode 0600 at creation, not a
+    chmod afterwards, so there is no moment another local user can open it). Leaves an existing file alone and
+    returns False; True when this call created it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
 def load_keyring(kek: str | None, previous: tuple[str, ...], data_dir: Path, *, embedded: bool) -> Keyring:
     """The configured KEK; the embedded default generates one in `data_dir/kek` (0600) and keeps it.
 
@@ -143,8 +158,5 @@ def load_keyring(kek: str | None, previous: tuple[str, ...], data_dir: Path, *, 
         raise SecretsError("GANTRY_KEK is required when GANTRY_DATABASE_URL and GANTRY_REDIS_URL are set "
                            "(base64 of 32 bytes, e.g. `openssl rand -base64 32`)")
     path = Path(data_dir) / "kek"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
-        path.chmod(0o600)
+    write_secret_file(path, base64.b64encode(secrets.token_bytes(32)).decode())
     return Keyring(parse_kek(str(path), path.read_text()), olds)

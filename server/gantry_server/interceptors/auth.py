@@ -23,9 +23,10 @@ from ..domain.auth import api_keys, user_tokens
 from ..domain.auth.caller import ANONYMOUS, Caller, TrustedProxies, current_caller, peer_ip
 from ..domain.auth.launch_tokens import LaunchTokenError, LaunchTokenKeys, bearer_token
 from ..domain.auth.nonces import AttestationNonces, BootTokens, NonceRejected
-from ..domain.auth.rate_limit import RateLimited, RateLimiter
+from ..domain.auth.rate_limit import Limit, RateLimited, RateLimiter, StreamGate, StreamsExhausted
 from ..domain.auth.signature_nonces import SignatureNonces
-from ..domain.auth.signatures import SignatureError, SignedRequest, request_sha256, verify_request
+from ..domain.auth.signatures import (SignatureError, SignedRequest, request_sha256, single_use_seconds,
+                                     verify_request)
 from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from ..runtime import Runtime
 from ..store.models import metagraph_nodes
@@ -96,6 +97,7 @@ class AuthInterceptor(AsyncServerInterceptor):
         self._launch_keys = launch_keys
         self._parts: _Parts | None = None
         self._metagraph = _MetagraphCache()
+        self._streams: StreamGate | None = None  # per process, sized from the first runtime's settings
 
     def _get_parts(self) -> _Parts:
         rt = self._runtime()
@@ -108,13 +110,49 @@ class AuthInterceptor(AsyncServerInterceptor):
         if policy is None:
             raise PermissionDenied(f"{method_name} has no auth policy; refusing it", reason="NO_AUTH_POLICY")
         if policy.kind == "none":
-            current_caller.set(ANONYMOUS)
+            caller = ANONYMOUS
+            if policy.rate_limit:  # anonymous callers are counted by IP (the trusted-proxy rule)
+                parts = self._get_parts()
+                await self._rate_limit(parts, policy.rate_limit, parts.proxies.of_call(context))
+            current_caller.set(caller)
         else:
-            current_caller.set(await self.authenticate(policy, request, context, method_name))
+            caller = await self.authenticate(policy, request, context, method_name)
+            current_caller.set(caller)
         result = method(request, context)
         if hasattr(result, "__aiter__"):
-            return result
+            who = caller.user_id or caller.hotkey or caller.ip or self._get_parts().proxies.of_call(context)
+            return self._gated(result, who)
         return await result
+
+    async def _rate_limit(self, parts: _Parts, bucket: str, who: str) -> None:
+        rate = parts.rt.settings.limits.rate(bucket)
+        if rate is None:
+            return
+        try:
+            await parts.limiter.hit(who, bucket, Limit(*rate))
+        except RateLimited as exc:
+            raise ResourceExhausted(str(exc), retry_after_seconds=exc.retry_after,
+                                    metadata={"bucket": bucket}) from None
+
+    async def _gated(self, stream, who: str):
+        """The handler's stream, counted against the caller's and the process's caps while it is open."""
+        if self._streams is None:
+            limits = self._get_parts().rt.settings.limits
+            self._streams = StreamGate(limits.streams_per_caller, limits.streams_per_process)
+        gate = self._streams
+        try:
+            gate.acquire(who)
+        except StreamsExhausted as exc:
+            raise ResourceExhausted(str(exc), reason="STREAMS_EXHAUSTED", retry_after_seconds=exc.retry_after,
+                                    metadata={"scope": exc.scope}) from None
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            gate.release(who)
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def authenticate(self, policy: Policy, request, context, method_name: str) -> Caller:
         parts = self._get_parts()
@@ -127,6 +165,8 @@ class AuthInterceptor(AsyncServerInterceptor):
             caller = await self._hotkey(parts, policy, request, context, md, method_name, ip)
         elif kind == "user":
             caller = await self._user(parts, policy, request, context, md, method_name, ip)
+        elif kind == "consumer":
+            caller = await self._consumer(parts, policy, request, context, md, method_name, ip)
         elif kind == "launch_token":
             caller = self._launch(parts, request, md, ip)
         elif kind == "boot_token":
@@ -138,12 +178,7 @@ class AuthInterceptor(AsyncServerInterceptor):
         if policy.attestation_nonce:
             caller = await self._attestation_nonce(parts, policy.attestation_nonce, md, caller)
         if policy.rate_limit:
-            bucket, limit = policy.rate_limit
-            try:
-                await parts.limiter.hit(caller.user_id or caller.hotkey or ip, bucket, limit)
-            except RateLimited as exc:
-                raise ResourceExhausted(str(exc), retry_after_seconds=exc.retry_after,
-                                        metadata={"bucket": bucket}) from None
+            await self._rate_limit(parts, policy.rate_limit, caller.user_id or caller.hotkey or ip)
         return caller
 
     # -- admin ---------------------------------------------------------------------------------------------
@@ -178,11 +213,13 @@ class AuthInterceptor(AsyncServerInterceptor):
             http_method=http_method, http_path=md.get(mk.HTTP_PATH) if http_method else None,
             body_sha256=md.get(mk.BODY_SHA256) if http_method else None)
         rt = parts.rt
+        now = rt.clock.now().timestamp()
         try:
-            verified = verify_request(signed, policy.purpose, rt.clock.now().timestamp())
+            verified = verify_request(signed, policy.purpose, now)
         except SignatureError as exc:
             raise Unauthenticated(str(exc), reason="SIGNATURE_INVALID") from None
-        if verified.single_use and not await parts.signature_nonces.claim(hotkey, nonce):
+        if verified.single_use and not await parts.signature_nonces.claim(hotkey, nonce,
+                                                                           single_use_seconds(nonce, now)):
             raise Unauthenticated("Nonce already used (replay): a v2 nonce is single-use; sign again with a new "
                                   "'{ts}.{random}' nonce", reason="NONCE_REPLAYED")
         must_register = policy.registered if registered is None else registered
@@ -240,6 +277,18 @@ class AuthInterceptor(AsyncServerInterceptor):
         raise Unauthenticated(f"user auth required: 'authorization: Bearer cpk_...' (API key), 'Bearer <user "
                               f"token>' or a hotkey signature "
                               f"(purpose {policy.purpose!r})", reason="USER_AUTH_MISSING")
+
+    async def _consumer(self, parts: _Parts, policy: Policy, request, context, md: dict, rpc: str,
+                        ip: str) -> Caller:
+        """A broker consumer: an API-key or user-token user when the policy's switch says "required", else
+        anonymous (the seed's credential-less broker; credentials sent anyway are not looked at)."""
+        broker = parts.rt.settings.broker
+        if not (broker.auth_required if policy.setting == "auth" else getattr(broker, policy.setting) == "required"):
+            return Caller(kind="anonymous", ip=ip)
+        if not bearer_token(md.get(mk.AUTHORIZATION)):
+            raise Unauthenticated("broker calls need 'authorization: Bearer cpk_...' (API key) or 'Bearer <user "
+                                  "token>' (GANTRY_BROKER_AUTH=required)", reason="CONSUMER_AUTH_MISSING")
+        return await self._user(parts, policy, request, context, md, rpc, ip)
 
     @staticmethod
     async def _user_token(parts: _Parts, token: str, ip: str) -> Caller:

@@ -4,6 +4,9 @@ One `ProviderHttp` per adapter instance: an httpx.AsyncClient plus, per attempt,
 
     circuit breaker -> token bucket -> request (per-operation timeout) -> classify -> parse
 
+The token bucket is the account's: kept in Redis and shared by every replica once wiring calls share_rate_limit
+(SharedTokenBucket), else this process's own (TokenBucket, also the fallback while Redis does not answer).
+
 Failure model (what reaches the caller is always a ProviderError, never an httpx exception)::
 
     transport error / timeout ........ TRANSIENT
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import json
 import logging
 import time
@@ -153,6 +157,72 @@ class TokenBucket:
             await self._sleep(wait)
 
 
+# One account's bucket in Redis: the TokenBucket arithmetic, run atomically where every replica sees it. ARGV: rate,
+# burst, now (seconds); returns the wait as a string (Lua numbers would be truncated to integers). The key expires
+# once the bucket would have refilled anyway, so an idle account leaves nothing behind.
+_SHARED_BUCKET_LUA = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'last')
+local tokens = tonumber(state[1]) or burst
+local last = tonumber(state[2]) or now
+if now > last then
+  tokens = math.min(burst, tokens + (now - last) * rate)
+  last = now
+end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(last))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 60000)
+if tokens >= 0 then return '0' end
+return tostring(-tokens / rate)
+"""
+
+
+class SharedTokenBucket:
+    """The TokenBucket of one provider account kept in Redis, so N replicas together send the account's rate,
+    not N times it. Same semantics (rate, burst, waiters reserve in arrival order, across replicas too).
+
+    A replica's clock running behind never refills the bucket twice (`last` only moves forward). When Redis does
+    not answer, the replica falls back to its own in-process bucket (logged once per outage): provider calls
+    include the destroys that stop billing, and they must not wait on Redis; meanwhile the fleet may exceed the
+    account's rate by up to N times, which the provider answers with 429s that are retried with backoff.
+    """
+
+    REDIS_TIMEOUT = 1.0  # seconds one bucket operation may take before this call uses the local bucket
+    RETRY_SECONDS = 10.0  # after a failure, Redis is tried again only this much later (no 1 s stall per call)
+
+    def __init__(self, redis, key: str, fallback: TokenBucket, *, sleep: Sleep) -> None:
+        self.key = key
+        self.rate, self.burst = fallback.rate, fallback.burst
+        self.fallback = fallback
+        self._script = redis.register_script(_SHARED_BUCKET_LUA)
+        self._sleep = sleep
+        self._degraded = False
+        self._retry_at = 0.0
+
+    async def reserve(self) -> float:
+        now = self.fallback._now()
+        if self._degraded and now < self._retry_at:
+            return self.fallback.reserve()
+        try:
+            async with asyncio.timeout(self.REDIS_TIMEOUT):
+                wait = float(await self._script(keys=[self.key], args=[repr(self.rate), self.burst, repr(now)]))
+        except Exception as exc:  # any Redis failure: connection refused, no answer in time, script error
+            if not self._degraded:
+                log.warning("shared provider rate limit unavailable, using this process's own bucket",
+                            extra={"key": self.key, "error": f"{type(exc).__name__}: {exc}"})
+            self._degraded, self._retry_at = True, now + self.RETRY_SECONDS
+            return self.fallback.reserve()
+        if self._degraded:
+            log.info("shared provider rate limit back", extra={"key": self.key})
+            self._degraded = False
+        return wait
+
+    async def acquire(self) -> None:
+        wait = await self.reserve()
+        if wait > 0:
+            await self._sleep(wait)
+
+
 class BreakerState(enum.IntEnum):
     CLOSED = 0
     OPEN = 1
@@ -262,6 +332,7 @@ class ProviderHttp:
     def __init__(self, provider: str, base_url: str, *, policy: HttpPolicy,
                  headers: Mapping[str, str] | None = None, secrets: Iterable[str | None] = (),
                  classify: Classifier | None = None, clock: Clock | None = None, sleep: Sleep | None = None) -> None:
+        secrets = list(secrets)
         self.provider = provider
         self.policy = policy
         self._clock = clock or SystemClock()
@@ -273,6 +344,14 @@ class ProviderHttp:
                                       reset_seconds=policy.breaker_reset_seconds, clock=self._clock)
         self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"),
                                          headers={"Accept": "application/json", **(headers or {})})
+        # The provider's limits are per account: name the account by its credentials (hashed, never stored).
+        self.account = hashlib.sha256("\0".join(sorted(s for s in secrets if s)).encode()).hexdigest()[:16]
+
+    def share_rate_limit(self, redis) -> None:
+        """Draw from the account's bucket in Redis, shared with every replica (and deployment) using the account."""
+        if not isinstance(self.bucket, SharedTokenBucket):
+            self.bucket = SharedTokenBucket(redis, f"gantry:provider-rate:{self.provider}:{self.account}",
+                                            self.bucket, sleep=self._sleep)
 
     @property
     def base_url(self) -> str:

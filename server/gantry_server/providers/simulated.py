@@ -107,7 +107,7 @@ class SimulatedProvider:
 
     def __init__(self, settings: BrokerSettings | None = None, *, clock: Clock | None = None,
                  offer_count: int | None = None, boot_seconds: float | None = None,
-                 work_root: Path | None = None) -> None:
+                 work_root: Path | None = None, hidden_dirs: tuple[Path, ...] = ()) -> None:
         """`offer_count`/`boot_seconds` override `settings`; `work_root` holds the instance directories (default
         a temporary directory, removed by `shutdown` or at exit)."""
         settings = settings or BrokerSettings()
@@ -118,6 +118,7 @@ class SimulatedProvider:
         self._sold_out: set[str] = set()
         self._work_root = work_root
         self._own_root = work_root is None
+        self._hidden_dirs = tuple(hidden_dirs)  # kept from every instance's shells (Gantry's data directory)
         self._instances: dict[str, _Instance] = {}
         self._hidden: dict[str, int | None] = {}  # instance id -> list calls left hidden (None: until unhidden)
         self._failures: dict[str, deque[ProviderError]] = {op: deque() for op in OPERATIONS}
@@ -329,7 +330,8 @@ class SimulatedProvider:
         workdir = self._root() / instance_id
         workdir.mkdir(parents=True)
         host = SshHost(workdir, user=self.default_ssh_user, gpu_name=offer.gpu_type, gpu_count=offer.gpu_count,
-                       vram_gb=offer.vram_gb, cuda_version=str(offer.cuda_version or ""), env=spec.env)
+                       vram_gb=offer.vram_gb, cuda_version=str(offer.cuda_version or ""), env=spec.env,
+                       hidden_dirs=self._hidden_dirs)
         try:
             host.set_authorized_keys(spec.ssh_public_keys)
         except ValueError as exc:

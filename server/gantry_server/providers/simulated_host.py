@@ -9,10 +9,24 @@ can back theirs with it too, so provisioning, SSH verification, idle probes and 
     await host.stop()                                          # port refuses, sessions and their processes end
 
 Security: commands run as the Gantry process's own OS user (there is no root here, "root" is only the login
-name), in the host's working directory, with a scrubbed environment (HOME, PATH, the instance's env: never
-Gantry's own variables, which hold database URLs and keys). It listens on loopback only and accepts only the
-given public keys: no passwords, no keyboard-interactive, no agent or port forwarding. It is a development
-tool; the simulated provider that uses it is enabled only when configured (the embedded default).
+name), in the host's working directory (a temporary directory, never the data directory), with HOME there too and
+a scrubbed environment (HOME, PATH, the instance's env: never Gantry's own variables, which hold database URLs
+and keys). Once a host has started, the Gantry process is made non-dumpable (Linux `PR_SET_DUMPABLE` 0), so a
+shell of the same OS user can neither read `/proc/<gantry pid>/environ` (GANTRY_KEK, GANTRY_ADMIN_TOKEN, provider
+keys) or its memory nor attach a debugger. SFTP/SCP are chrooted to the working directory. It listens on loopback
+only and accepts only the given public keys: no passwords, no keyboard-interactive, no agent or port forwarding.
+
+Hidden directories (`hidden_dirs`: the simulated provider passes Gantry's data directory, which holds
+`admin_token`, the KEK file of the embedded default and the embedded PostgreSQL and Redis files) are covered by
+an empty, unreadable tmpfs in a private mount namespace of every command (`unshare --user --map-root-user
+--mount`, unprivileged user namespaces): the shell sees an empty directory there. Where the kernel forbids
+unprivileged user namespaces, commands run without the mask and a warning says so once (`masking_available()`).
+
+What a shell can still read: every other file the Gantry OS user can, by absolute path (the user's real home,
+for one), and it can connect to local services as that user. It is a shell for whoever may create a session: a
+development tool, enabled only when configured (the embedded default), refused beyond loopback, and guarded from
+web pages by the REST gateway (Origin, Host and Content-Type checks, gantry_gateway/browser.py). Run it under an
+OS user of its own, or not at all, on a machine with secrets.
 
 There is no GPU and no sshd, so two commands are answered from the host's simulated state through small
 programs placed first on PATH: `nvidia-smi` (GPU names, memory, utilisation) and `ps -eo pid=,args=` (one
@@ -48,6 +62,70 @@ def _server_host_key() -> asyncssh.SSHKey:
     if _host_key is None:
         _host_key = asyncssh.generate_private_key("ssh-ed25519")
     return _host_key
+
+
+_PR_SET_DUMPABLE, _PR_GET_DUMPABLE = 4, 3
+
+# Runs in a new user+mount namespace: an empty tmpfs (mode 000) over each directory before `--`, then the
+# command after it in a second, nested user+mount namespace. The nesting matters: mounts inherited from a more
+# privileged mount namespace are locked, so the shell (root of its own namespace) cannot unmount the mask; in the
+# first namespace it could. `unshare` execs without forking, so a PTY session keeps its controlling terminal.
+_MASK = ('while [ "$1" != -- ]; do mount -t tmpfs -o size=4k,mode=000 gantry-hidden "$1" || exit 125; shift; done; '
+         'shift; exec unshare --user --map-root-user --mount -- "$@"')
+_masking: bool | None = None
+
+
+def masking_available() -> bool:
+    """Whether this machine lets an unprivileged process hide directories in a mount namespace of its own
+    (checked once per process)."""
+    global _masking
+    if _masking is None:
+        unshare = shutil.which("unshare")
+        ok = False
+        if unshare is not None:
+            import subprocess  # noqa: PLC0415 - once per process
+
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                ok = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "--", "/bin/sh", "-c", _MASK,
+                                     "gantry-mask", tempfile.gettempdir(), "--", "true"], timeout=10,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        if not ok:
+            import logging  # noqa: PLC0415
+
+            logging.getLogger(__name__).warning(
+                "simulated hosts: unprivileged mount namespaces are not available here; shells can read Gantry's "
+                "data directory (admin token, KEK file) by absolute path")
+        _masking = ok
+    return _masking
+
+
+def masked(argv: Sequence[str], hidden: Sequence[Path]) -> list[str]:
+    """`argv` run with each of `hidden` covered by an empty tmpfs (unchanged when nothing is to be hidden or the
+    machine cannot)."""
+    if not hidden or not masking_available():
+        return list(argv)
+    return [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--mount", "--", "/bin/sh", "-c",
+            _MASK, "gantry-mask", *(str(d) for d in hidden), "--", *argv]
+
+
+def _not_dumpable() -> None:
+    """Keep same-user shells out of this process's /proc files (environ, mem) and ptrace. Linux only; children
+    are dumpable again after exec, so the shells themselves are unaffected."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def process_dumpable() -> bool | None:
+    """Whether this process may be read through /proc or ptrace by its own user (None: not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes  # noqa: PLC0415
+
+    return bool(ctypes.CDLL(None, use_errno=True).prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
 
 
 def _reserve_port(host: str) -> socket.socket:
@@ -106,9 +184,13 @@ class SshHost:
 
     def __init__(self, workdir: Path | None = None, *, user: str = "root", host: str = "127.0.0.1",
                  gpu_name: str = "RTX 4090", gpu_count: int = 1, vram_gb: int = 24, cuda_version: str = "12.4",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, hidden_dirs: Iterable[Path] = ()) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="gantry-sshhost-"))
+        # Directories the shells must not see (module doc); one that holds the working directory cannot be.
+        work = self.workdir.resolve()
+        self.hidden_dirs = [d for d in (Path(h).resolve() for h in hidden_dirs)
+                            if d.is_dir() and d != work and d not in work.parents]
         self.user = user
         self.host = host
         self.port: int | None = None
@@ -148,6 +230,7 @@ class SshHost:
             assert self.port is not None
             return self.host, self.port
         self.reserve()
+        _not_dumpable()
         sock, self._sock = self._sock, None
         self._acceptor = await asyncssh.listen(
             sock=sock, server_factory=lambda: _Server(self), server_host_keys=[_server_host_key()],
@@ -268,6 +351,7 @@ class SshHost:
                 argv = [shutil.which("bash") or "/bin/sh", "-i"]
             else:
                 argv = ["/bin/sh"]
+            argv = masked(argv, self.hidden_dirs)
             env = self._environment(term)
             code = await (_run_on_pty(self, process, argv, env) if term else _run_on_pipes(self, process, argv, env))
         except (OSError, asyncssh.Error):

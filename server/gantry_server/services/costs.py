@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..broker import costs
+from ..broker.consumers import owner_of_call
 from ..domain.validation import Violations
 from ..runtime import Runtime
 
@@ -56,6 +57,10 @@ class CostService(costs_pb2_grpc.CostServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
+    def _consumer(self, requested: str) -> str:
+        """Whose costs: the authenticated consumer's only (required), or as asked, "" for everyone (open)."""
+        return owner_of_call(requested, required=self.rt.settings.broker.auth_required) or requested
+
     async def GetCosts(self, request, context):
         """One session's cost (session_id set; dates and period are checked but do not apply) or a summary."""
         v = Violations()
@@ -65,21 +70,22 @@ class CostService(costs_pb2_grpc.CostServiceServicer):
         window = costs.resolve_window(period=request.period, start_date=request.start_date,
                                       end_date=request.end_date, now=now, v=v)
         v.raise_if_any()
+        consumer_id = self._consumer(request.consumer_id)
         async with _snapshot(self.rt.engine) as conn:
             if request.session_id:
-                total = await costs.session_cost(conn, request.session_id, consumer_id=request.consumer_id,
-                                                 now=now)
+                total = await costs.session_cost(conn, request.session_id, consumer_id=consumer_id, now=now)
                 return costs_pb2.GetCostsResponse(session_id=request.session_id, total_cost=float(total),
                                                   currency=costs.CURRENCY)
-            summary = await costs.summarize(conn, window, consumer_id=request.consumer_id, now=now)
+            summary = await costs.summarize(conn, window, consumer_id=consumer_id, now=now)
         return costs_pb2.GetCostsResponse(**_summary_fields(summary))
 
     async def GetCostSummary(self, request, context):
-        """This calendar month (UTC), for one consumer or everyone."""
+        """This calendar month (UTC), for one consumer or (open broker) everyone."""
         v = Violations()
         _check_id(v, "consumer_id", request.consumer_id)
         v.raise_if_any()
+        consumer_id = self._consumer(request.consumer_id)
         now = self.rt.clock.now()
         async with _snapshot(self.rt.engine) as conn:
-            summary = await costs.summarize(conn, costs.month_of(now), consumer_id=request.consumer_id, now=now)
+            summary = await costs.summarize(conn, costs.month_of(now), consumer_id=consumer_id, now=now)
         return costs_pb2.GetCostSummaryResponse(summary=costs_pb2.CostSummary(**_summary_fields(summary)))

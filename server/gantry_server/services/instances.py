@@ -118,7 +118,8 @@ class InstanceService(InstanceRecordRpcs, instances_pb2_grpc.InstanceServiceServ
         self.rt = rt
         cfg = rt.settings.attestation
         self.launcher = Launcher(rt, attestation_kit=AttestationKit(rt), evidence_client=EvidenceClient(
-            cfg.instance_evidence_url, allow_private_hosts=cfg.attestation_allow_private_hosts))
+            cfg.instance_evidence_url, allow_private_hosts=cfg.attestation_allow_private_hosts,
+            max_bytes=cfg.evidence_max_bytes, deadline=cfg.evidence_deadline_seconds))
         self.nonces = AttestationNonces(rt.redis, rt.clock)
         self.proxies = TrustedProxies(rt.settings.trusted_proxies)
         self.ip_check_salt = rt.settings.launch.ip_check_salt or rt.keyring.derive(b"ip-check-salt").hex()

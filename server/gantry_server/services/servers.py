@@ -30,6 +30,7 @@ from ..domain.attestation import (BOOT, RUNTIME, AttestationFailure, Attestor, C
 from ..domain.attestation import failures as f
 from ..domain.attestation import measurements, passphrases
 from ..domain.auth.caller import TrustedProxies, current_caller
+from ..domain.auth.client_cert import client_cert
 from ..domain.auth.nonces import AttestationNonces, BootTokens, NonceRejected
 from ..domain.secrets_at_rest import SecretsError
 from ..domain.validation import Violations, is_ss58
@@ -139,7 +140,8 @@ class ServerService(servers_pb2_grpc.ServerServiceServicer):
         self.cfg = cfg
         kit = AttestationKit(rt)
         self.attestor, self.gpu_verifier, self._entries = kit.attestor, kit.gpu_verifier, kit.entries
-        self.evidence = EvidenceClient(cfg.attestation_url, allow_private_hosts=cfg.attestation_allow_private_hosts)
+        self.evidence = EvidenceClient(cfg.attestation_url, allow_private_hosts=cfg.attestation_allow_private_hosts,
+                                       max_bytes=cfg.evidence_max_bytes, deadline=cfg.evidence_deadline_seconds)
         self.nonces = AttestationNonces(rt.redis, rt.clock)
         self.boot_tokens = BootTokens(rt.redis)
         self.proxies = TrustedProxies(rt.settings.trusted_proxies)
@@ -161,14 +163,13 @@ class ServerService(servers_pb2_grpc.ServerServiceServicer):
             raise FailedPrecondition("Invalid TDX configuration: no LUKS root passphrase is configured on this "
                                      "validator (GANTRY_LUKS_PASSPHRASE)", reason="LUKS_NOT_CONFIGURED")
         caller = current_caller.get()
-        md = dict(context.invocation_metadata() or ())
         now = self.rt.clock.now()
         record = dict(server_ip=caller.ip, miner_hotkey=request.miner_hotkey, vm_name=request.vm_name,
                       quote_data=request.quote, created_at=now)
         try:
             attested = await self.attestor.attest(request.quote, kind=BOOT, nonce=caller.attestation_nonce,
                                                   entries=await self._entries(), now=now,
-                                                  client_cert=md.get(mk.CLIENT_CERT))
+                                                  client_cert=client_cert(context, self.proxies))
         except AttestationFailure as failure:
             async with unit_of_work(self.rt.engine) as conn:
                 await ServerRepository(conn).record_boot(
@@ -429,14 +430,13 @@ class ServerService(servers_pb2_grpc.ServerServiceServicer):
         if server is None:
             raise self._not_found(request.server_id)
         self._same_ip(server, caller.ip)
-        md = dict(context.invocation_metadata() or ())
         now = self.rt.clock.now()
         record = dict(server_id=server["server_id"], miner_hotkey=server["miner_hotkey"], kind="runtime",
                       server_ip=caller.ip, quote_data=request.quote, created_at=now)
         try:
             attested = await self.attestor.attest(request.quote, kind=RUNTIME, nonce=caller.attestation_nonce,
                                                   entries=await self._entries(), now=now,
-                                                  client_cert=md.get(mk.CLIENT_CERT))
+                                                  client_cert=client_cert(context, self.proxies))
         except AttestationFailure as failure:
             async with unit_of_work(self.rt.engine) as conn:
                 await ServerRepository(conn).record_attestation(

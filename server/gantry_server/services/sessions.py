@@ -8,6 +8,7 @@ from gantry.broker.v1 import sessions_pb2, sessions_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import Row
 
+from ..broker.consumers import owner_of_call
 from ..broker.sessions import STATUSES
 from .. import metadata_keys
 from ..domain.validation import Violations
@@ -18,6 +19,7 @@ from ..store.models import TERMINAL_SESSION_STATUSES
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+UNPAGED_MAX_ROWS = 5000
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
@@ -78,7 +80,12 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
             raise FailedPrecondition("the broker is not running on this server", http_status=503)
         return self.rt.sessions
 
+    def _owner(self, consumer_id: str = "") -> str | None:
+        return owner_of_call(consumer_id, required=self.rt.settings.broker.auth_required)
+
     async def CreateSession(self, request, context):
+        if (owner := self._owner(request.consumer_id)) is not None:
+            request.consumer_id = owner  # the idempotency record is then the caller's alone
         if not request.request_id:  # REST clients send the idempotency key as a header
             key = dict(context.invocation_metadata() or ()).get(metadata_keys.IDEMPOTENCY_KEY, "")
             request.request_id = key.strip() if isinstance(key, str) else ""
@@ -93,13 +100,15 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
         v.require(not request.status or request.status in STATUSES, "status", f"must be one of {', '.join(STATUSES)}")
         v.require(request.page_size >= 0, "page_size", "must be non-negative")
         v.raise_if_any()
+        owner = self._owner(request.consumer_id)
         paged = bool(request.page_size or request.page_token)
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE) if paged else None
-        limit = request.limit if request.limit > 0 else None
+        # Unpaged (legacy) lists are capped too: "no limit" is at most UNPAGED_MAX_ROWS rows (page for more).
+        limit = min(request.limit, UNPAGED_MAX_ROWS) if request.limit > 0 else UNPAGED_MAX_ROWS
         if size is not None:
             limit = min(size, limit) if limit else size
         before = _parse_cursor(request.page_token) if request.page_token else None
-        rows = await self.sessions.list(consumer_id=request.consumer_id, status=request.status,
+        rows = await self.sessions.list(consumer_id=owner or request.consumer_id, status=request.status,
                                         provider=request.provider, limit=(limit + 1) if paged else limit,
                                         before=before)
         next_token = ""
@@ -111,11 +120,12 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
 
     async def GetSession(self, request, context):
         _require_id(request.id)
-        return sessions_pb2.GetSessionResponse(session=session_proto(await self.sessions.get(request.id)))
+        row = await self.sessions.get(request.id, owner=self._owner())
+        return sessions_pb2.GetSessionResponse(session=session_proto(row))
 
     async def GetSessionDiagnostics(self, request, context):
         _require_id(request.id)
-        row = await self.sessions.get(request.id)
+        row = await self.sessions.get(request.id, owner=self._owner())
         if row.status != "running":
             raise FailedPrecondition(f"session is not running; current status: {row.status}",
                                      reason="SESSION_NOT_RUNNING")
@@ -132,18 +142,18 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
 
     async def DoneSession(self, request, context):
         _require_id(request.id)
-        row = await self.sessions.done(request.id)
+        row = await self.sessions.done(request.id, owner=self._owner())
         return sessions_pb2.DoneSessionResponse(message="session shutdown initiated", session_id=row.id)
 
     async def ExtendSession(self, request, context):
         _require_id(request.id)
-        row = await self.sessions.extend(request.id, request.additional_hours)
+        row = await self.sessions.extend(request.id, request.additional_hours, owner=self._owner())
         return sessions_pb2.ExtendSessionResponse(message="session extended", session_id=row.id,
                                                   new_expires_at=_ts(row.expires_at))
 
     async def DestroySession(self, request, context):
         _require_id(request.id)
-        row = await self.sessions.destroy(request.id)
+        row = await self.sessions.destroy(request.id, owner=self._owner())
         return sessions_pb2.DestroySessionResponse(message="session destroyed" if row.status != "stopping"
                                                    else "session destruction in progress", session_id=row.id)
 
@@ -151,6 +161,7 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
         """The current state, then one message per change (woken by Redis pub/sub, checked every few seconds
         in case a message was lost); ends after a terminal status."""
         _require_id(request.id)
+        owner = self._owner()
         after = 0
         if request.cursor:
             if not request.cursor.isdigit():
@@ -159,7 +170,7 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
         pubsub = self.rt.redis.pubsub()
         await pubsub.subscribe(redis_keys.session_changes(request.id))
         try:
-            row = await self.sessions.get(request.id)
+            row = await self.sessions.get(request.id, owner=owner)
             while True:
                 if row.version > after:
                     after = row.version
@@ -167,7 +178,7 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
                 if row.status in TERMINAL_SESSION_STATUSES:
                     return
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
-                row = await self.sessions.get(request.id)
+                row = await self.sessions.get(request.id, owner=owner)
         finally:
             await pubsub.unsubscribe()
             await pubsub.aclose()

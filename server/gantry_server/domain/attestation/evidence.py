@@ -5,6 +5,11 @@ template, `GANTRY_TDX_ATTESTATION_URL`, e.g. `https://{host}:30443/server/attest
 `{"tdx_quote": <base64>, "nvtrust_evidence": <GPU evidence>}`. The quote is then verified like any other; the GPU
 evidence goes to a `GpuEvidenceVerifier`. Production runs a configured verifier command (an NVIDIA attestation
 tool: JSON on stdin, exit 0 = verified); with none configured registration is refused, never waved through.
+
+The miner names the host, so the pull is bounded like any input from a stranger: the body is streamed and reading
+stops at `max_bytes` (the whole answer is never buffered first), and the whole pull (name resolution, connect,
+headers, body) has one overall `deadline`, so a host that drip-feeds a byte at a time cannot hold a worker past it
+(per-read timeouts alone would let it).
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import httpx
 
 from .failures import EVIDENCE_UNAVAILABLE, GPU_EVIDENCE_INVALID, AttestationFailure
 
-MAX_EVIDENCE_BYTES = 4 << 20
+MAX_EVIDENCE_BYTES = 4 << 20  # default cap of one evidence answer (GANTRY_TDX_EVIDENCE_MAX_BYTES)
+EVIDENCE_DEADLINE_SECONDS = 30.0  # default overall time for one pull (GANTRY_TDX_EVIDENCE_DEADLINE_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,13 @@ class EvidenceClient:
     """GET the attestation endpoint of a server. TLS certificates of attestation proxies are self-issued, so they
     are not verified against a CA: the quote's report data (our fresh nonce) is what authenticates the answer."""
 
-    def __init__(self, url_template: str, *, timeout: float = 15.0, allow_private_hosts: bool = False) -> None:
+    def __init__(self, url_template: str, *, timeout: float = 15.0, allow_private_hosts: bool = False,
+                 max_bytes: int = MAX_EVIDENCE_BYTES, deadline: float = EVIDENCE_DEADLINE_SECONDS) -> None:
         self.url_template = url_template
-        self.timeout = timeout
+        self.timeout = timeout  # per connect / read
         self.allow_private_hosts = allow_private_hosts
+        self.max_bytes = max_bytes
+        self.deadline = deadline  # the whole pull
 
     async def _check_public(self, host: str) -> None:
         """Refuse a host that resolves to a non-public address: the miner names it, the validator connects.
@@ -70,25 +79,53 @@ class EvidenceClient:
 
     async def fetch(self, *, host: str, **fields: str) -> RuntimeEvidence:
         url = self.url(host=host, **fields)
-        await self._check_public(host)
+        where = url.split("?")[0]
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, verify=False, follow_redirects=False) as client:
-                response = await client.get(url)
-            if response.status_code != 200:
-                raise ValueError(f"answered HTTP {response.status_code}")
-            if len(response.content) > MAX_EVIDENCE_BYTES:
-                raise ValueError("answer is larger than 4 MiB")
-            doc = response.json()
+            async with asyncio.timeout(self.deadline):
+                await self._check_public(host)
+                body = await self._read_capped(url)
+        except TimeoutError:
+            raise self._unavailable(where, f"answer not complete within {self.deadline:g} s") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise self._unavailable(where, str(exc) or type(exc).__name__) from None
+        try:
+            doc = json.loads(body)
             quote = doc.get("tdx_quote") or doc.get("quote")
             if not isinstance(quote, str) or not quote:
                 raise ValueError("answer has no tdx_quote")
             gpu = doc.get("nvtrust_evidence", "")
             return RuntimeEvidence(quote_b64=quote, gpu_evidence=gpu if isinstance(gpu, str) else json.dumps(gpu))
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            raise AttestationFailure(
-                EVIDENCE_UNAVAILABLE, f"cannot read attestation evidence from {url.split('?')[0]}: "
-                f"{str(exc) or type(exc).__name__}; the server's attestation endpoint must be reachable from the "
-                f"validator", url=url.split("?")[0]) from None
+        except (ValueError, AttributeError) as exc:
+            raise self._unavailable(where, str(exc) or type(exc).__name__) from None
+
+    async def _read_capped(self, url: str) -> bytes:
+        """The body, read as it arrives and abandoned as soon as it passes `max_bytes`.
+
+        Only an uncompressed answer is read: the cap counts bytes on the wire, and a compressed body could expand
+        a small chunk into a huge one in a single decoding step (a decompression bomb)."""
+        too_large = ValueError(f"answer is larger than {self.max_bytes} bytes")
+        async with httpx.AsyncClient(timeout=self.timeout, verify=False, follow_redirects=False) as client:
+            async with client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
+                if response.status_code != 200:
+                    raise ValueError(f"answered HTTP {response.status_code}")
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise ValueError(f"answer is {encoding[:20]}-encoded; only an uncompressed answer is accepted")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self.max_bytes:
+                    raise too_large
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise too_large
+                return bytes(body)
+
+    @staticmethod
+    def _unavailable(where: str, why: str) -> AttestationFailure:
+        return AttestationFailure(
+            EVIDENCE_UNAVAILABLE, f"cannot read attestation evidence from {where}: {why}; the server's attestation "
+            "endpoint must be reachable from the validator and answer within the limits", url=where)
 
 
 class GpuEvidenceVerifier(Protocol):

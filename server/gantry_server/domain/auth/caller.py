@@ -43,7 +43,8 @@ def peer_ip(peer: str | None) -> str:
 
 
 class TrustedProxies:
-    """`GANTRY_TRUSTED_PROXIES`: addresses or networks whose `x-forwarded-for` is believed.
+    """`GANTRY_TRUSTED_PROXIES`: addresses or networks whose `x-forwarded-for` is believed (gRPC metadata, and the
+    REST gateway's `X-Forwarded-For` header, which it forwards as metadata beside the TCP peer).
 
     >>> TrustedProxies(["10.0.0.0/8"]).client_ip("10.1.2.3", "198.51.100.7, 10.1.2.3")
     '198.51.100.7'
@@ -70,10 +71,21 @@ class TrustedProxies:
         return self.client_ip(peer_ip(context.peer()), forwarded)
 
     def client_ip(self, peer_ip_: str, forwarded_for: str | None) -> str:
-        if forwarded_for and self.trusts(peer_ip_):
-            first = forwarded_for.split(",")[0].strip()
+        """The one rule of both faces: walk `x-forwarded-for` from the right (each proxy appends the address it
+        saw) while the hop is a trusted proxy; the first untrusted address is the client. Entries left of it were
+        written by the client and are never believed (`nginx $proxy_add_x_forwarded_for` keeps them).
+
+        >>> TrustedProxies(["10.0.0.0/8"]).client_ip("10.1.2.3", "6.6.6.6, 198.51.100.7")  # forged left entry
+        '198.51.100.7'
+        """
+        if not forwarded_for or not self.trusts(peer_ip_):
+            return peer_ip_
+        client = peer_ip_
+        for entry in reversed(forwarded_for.split(",")):
             try:
-                return str(ipaddress.ip_address(first))
+                client = str(ipaddress.ip_address(entry.strip()))
             except ValueError:
-                return peer_ip_
-        return peer_ip_
+                return client
+            if not self.trusts(client):
+                return client
+        return client

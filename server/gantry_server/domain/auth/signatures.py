@@ -7,9 +7,11 @@ Three signed strings (docs/auth.md has the test vectors):
     v2 (REST)       "v2:{hotkey}:{METHOD}:{path[?query]}:{nonce}:{sha256_hex(body) or ''}"
     grpc-v1         "grpc-v1:{hotkey}:{/package.Service/Method}:{nonce}:{sha256_hex(deterministic request)}"
 
-v2 and grpc-v1 nonces are "{unix_ts}.{random}" and single-use (the caller of `verify_hotkey_signature` consumes
-them). A signature is 64 bytes as 128 hex characters; sr25519 (the network's key type) is tried first, then
-ed25519. Like Substrate's `Keypair.verify`, an sr25519 signature over "<Bytes>{message}</Bytes>" also counts.
+v2 and grpc-v1 nonces are "{unix_ts}.{random}" and single-use (the caller of `verify_request` consumes them,
+keeping the record `single_use_seconds` long: until the nonce's own timestamp leaves the window, plus skew, so a
+client clock ahead of the server's cannot outlive its record and replay). A signature is 64 bytes as 128 hex
+characters; sr25519 (the network's key type) is tried first, then ed25519. Like Substrate's `Keypair.verify`,
+an sr25519 signature over "<Bytes>{message}</Bytes>" also counts.
 
 Pure functions: no I/O, no clock of their own (callers pass `now`).
 """
@@ -26,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .ss58 import InvalidAddress, decode_ss58
 
 WINDOW_SECONDS = 600
+# Clock difference allowed between replicas (each checks the window with its own clock; Redis keeps one record).
+REPLICA_SKEW_SECONDS = 60
 _V1_NONCE = re.compile(r"^[0-9]{1,12}$")
 _V2_NONCE = re.compile(r"^([0-9]{1,12})\.([A-Za-z0-9_-]{1,128})$")
 _HEX_SIG = re.compile(r"^[0-9a-fA-F]{128}$")
@@ -72,6 +76,20 @@ def check_v2_nonce(nonce: str, now: float) -> int:
     ts = int(m.group(1))
     _check_window(ts, now)
     return ts
+
+
+def single_use_seconds(nonce: str, now: float) -> int:
+    """How long the single-use record of an accepted v2/grpc-v1 nonce must live: until no replica (clocks within
+    REPLICA_SKEW_SECONDS) would still accept its timestamp, i.e. nonce time + window + skew - now.
+
+    >>> single_use_seconds("1000.abc", now=401.0)   # client clock 599 s ahead: 1259 s, not 600
+    1259
+    >>> single_use_seconds("1000.abc", now=1599.0)  # 599 s behind: 61 s
+    61
+    """
+    m = _V2_NONCE.match(nonce)
+    ts = int(m.group(1)) if m else int(now)
+    return max(1, int(ts + WINDOW_SECONDS + REPLICA_SKEW_SECONDS - now + 0.999))
 
 
 def _check_window(ts: int, now: float) -> None:
