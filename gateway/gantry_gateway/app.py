@@ -261,6 +261,8 @@ class Gateway:
         if framing == fam.SSE_EVENTS:
             return (b"id: " + getattr(message, ep.stream.id_field).encode() + b"\ndata: "
                     + orjson.dumps(ep.render(message)) + b"\n\n")
+        if framing == fam.SSE_RAW:
+            return message.raw
         if framing == fam.CSV:
             data = getattr(message, ep.binding.response_body or "data")
             return data if isinstance(data, bytes) else data.encode()
@@ -270,7 +272,7 @@ class Gateway:
 
     @staticmethod
     def _error_frame(framing: str, payload: dict) -> bytes:
-        if framing in (fam.SSE_ROWS, fam.SSE_LOG, fam.SSE_EVENTS):
+        if framing in (fam.SSE_ROWS, fam.SSE_LOG, fam.SSE_RAW, fam.SSE_EVENTS):
             return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
         if framing == fam.CSV:
             return b"\n# error: " + orjson.dumps(payload) + b"\n"
@@ -279,7 +281,7 @@ class Gateway:
     @staticmethod
     def _stream_headers(ep: Endpoint) -> list:
         framing = ep.stream.framing
-        if framing in (fam.SSE_ROWS, fam.SSE_LOG, fam.SSE_EVENTS):
+        if framing in (fam.SSE_ROWS, fam.SSE_LOG, fam.SSE_RAW, fam.SSE_EVENTS):
             return [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                     (b"x-accel-buffering", b"no")]
         if framing == fam.CSV:

@@ -73,6 +73,7 @@ UNARY: dict[str, Unary] = {
 # Server-streaming framings.
 SSE_ROWS = "sse_rows"  # data: {json}\n\n per row (miner lists)
 SSE_LOG = "sse_log"  # data: {"log": "..."}\n\n
+SSE_RAW = "sse_raw"  # text/event-stream of each message's `raw` bytes unchanged (StreamLogs relays upstream SSE)
 CSV = "csv"  # bytes chunks concatenated, text/csv attachment
 NDJSON = "ndjson"  # one JSON value per line (default)
 SSE_EVENTS = "sse_events"  # id: <id_field>\ndata: {json}\n\n; a keep-alive message as a `: keep-alive` comment
@@ -100,7 +101,7 @@ STREAMS: dict[str, Stream] = {
     _MINER + "ListAvailableJobs": Stream(SSE_ROWS),
     _MINER + "GetMetrics": Stream(SSE_ROWS),
     _MINER + "WatchEvents": Stream(NDJSON, sse_on_accept=True, id_field="cursor", keepalive_field="heartbeat"),
-    "gantry.instances.v1.InstanceService.StreamLogs": Stream(SSE_LOG),
+    "gantry.instances.v1.InstanceService.StreamLogs": Stream(SSE_RAW),
     "gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv": Stream(CSV, "audit-reconciliation.csv"),
     "gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv": Stream(CSV, "compute-history.csv"),
 }

@@ -137,7 +137,7 @@ def _success_content(schemas: _Schemas, b: HttpBinding) -> dict:
     if b.method.server_streaming:
         framing = fam.STREAMS.get(full, fam.Stream()).framing
         media = {fam.SSE_ROWS: "text/event-stream", fam.SSE_LOG: "text/event-stream", fam.CSV: "text/csv",
-                 fam.NDJSON: "application/x-ndjson"}[framing]
+                 fam.SSE_RAW: "text/event-stream", fam.NDJSON: "application/x-ndjson"}[framing]
         return {media: {"schema": {"type": "string"}}}
     kind = fam.UNARY.get(full, fam.Unary()).kind
     if kind in (fam.TEXT, fam.RAW):

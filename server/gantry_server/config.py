@@ -411,6 +411,13 @@ class LaunchSettings:
     base_url: str | None = None  # public URL of this API in launch JWTs (url, activation_url); default: http_addr
     ip_check_salt: str | None = field(default=None, repr=False)  # token_check salt; default derived from the KEK
     graval_matrix_n: int | None = None  # fixed Graval matrix size instead of one sized to each GPU's memory
+    # StreamLogs: connecting to an instance's log endpoint, and the longest silence of an open stream, before the
+    # call ends with UNAVAILABLE (the reference: connect 10 s, no read timeout).
+    logs_connect_timeout_seconds: float = 10.0
+    logs_idle_timeout_seconds: float = 300.0
+    # Key that signs outbound calls to instances (reference §1.7: X-Chutes-Validator ...): a bittensor key URI
+    # (mnemonic, `//Name`, or 0x seed). Unset: the calls go unsigned (Gantry has no validator keypair of its own).
+    validator_key_uri: str | None = field(default=None, repr=False)
 
 
 def _launch_from_env(get) -> LaunchSettings:
@@ -423,6 +430,12 @@ def _launch_from_env(get) -> LaunchSettings:
         kw["ip_check_salt"] = v
     if v := get("GANTRY_GRAVAL_MATRIX_N"):
         kw["graval_matrix_n"] = _positive("GANTRY_GRAVAL_MATRIX_N", v, int)
+    if v := get("GANTRY_LOGS_CONNECT_TIMEOUT_SECONDS"):
+        kw["logs_connect_timeout_seconds"] = _positive("GANTRY_LOGS_CONNECT_TIMEOUT_SECONDS", v)
+    if v := get("GANTRY_LOGS_IDLE_TIMEOUT_SECONDS"):
+        kw["logs_idle_timeout_seconds"] = _positive("GANTRY_LOGS_IDLE_TIMEOUT_SECONDS", v)
+    if v := get("GANTRY_VALIDATOR_KEY_URI"):
+        kw["validator_key_uri"] = v
     return LaunchSettings(**kw)
 
 

@@ -41,10 +41,11 @@ class Instances(instances_pb2_grpc.InstanceServiceServicer):
 
     async def StreamLogs(self, request, context):
         try:
-            yield instances_pb2.StreamLogsResponse(log=f"backfill {request.backfill} for {request.instance_id}")
+            log = f"backfill {request.backfill} for {request.instance_id}"
+            yield instances_pb2.StreamLogsResponse(log=log, raw=b'data: {"log":"%s"}\n\n' % log.encode())
             self.first_sent.set()
             await self.release.wait()  # never set in the disconnect test: only cancellation ends this
-            yield instances_pb2.StreamLogsResponse(log="second")
+            yield instances_pb2.StreamLogsResponse(log="second", raw=b'data: {"log":"second"}\n\n')
         except asyncio.CancelledError:
             self.cancelled.set()
             raise

@@ -167,7 +167,7 @@ async def servers_world(database_url: str, redis_url: str, tmp: Path, *, launch=
             collateral_dir=tmp / "collateral", root_ca_file=tmp / "root.pem", luks_passphrase=LUKS_ROOT_KEY,
             attestation_url=f"http://{{host}}:{fake.port}/server/attest?nonce={{nonce}}&server_id={{server_id}}",
             instance_evidence_url=f"http://{{host}}:{fake.port}/service/chute-service-{{deployment_id}}/verify",
-            gpu_evidence_verifier=GPU_VERIFIER, **({"attestation_allow_private_hosts": True} | attestation))
+            **({"attestation_allow_private_hosts": True, "gpu_evidence_verifier": GPU_VERIFIER} | attestation))
         clock = ManualClock(NOW)
         extra = {"launch": launch} if launch is not None else {}
         app = GantryApp(make_settings(database_url, redis_url, tmp / "data", attestation=cfg, **extra), clock=clock)

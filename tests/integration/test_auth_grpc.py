@@ -1,8 +1,9 @@
 """Auth end to end over gRPC: the interceptor, the policy table, Redis nonces and metagraph checks together.
 
 RPCs whose handler is not built yet answer UNIMPLEMENTED once the caller is let through, so "UNIMPLEMENTED"
-below means "authenticated", as does ReleaseJob's NOT_FOUND for a job nobody claimed (its handler ran); the
-refusals are what a caller without the right credentials sees.
+below means "authenticated", as does ReleaseJob's NOT_FOUND for a job nobody claimed and GetTeeInstanceEvidence's
+NOT_FOUND for instance "i-1" (their handlers ran); the refusals are what a caller without the right credentials
+sees.
 """
 from __future__ import annotations
 
@@ -251,7 +252,7 @@ async def test_api_keys_are_shown_once_work_as_user_credentials_and_stop_when_re
     instances = instances_pb2_grpc.InstanceServiceStub(world)
     request = instances_pb2.GetTeeInstanceEvidenceRequest(instance_id="i-1", nonce="0" * 64)
     md = (("authorization", f"Bearer {key.secret_key}"),)
-    assert (await _code(instances.GetTeeInstanceEvidence, request, md))[0] == grpc.StatusCode.UNIMPLEMENTED
+    assert (await _code(instances.GetTeeInstanceEvidence, request, md))[0] == grpc.StatusCode.NOT_FOUND
 
     await admin.RevokeApiKey(admin_pb2.RevokeApiKeyRequest(api_key_id=key.api_key_id), metadata=ADMIN_METADATA)
     code, details = await _code(instances.GetTeeInstanceEvidence, request, md)
@@ -271,7 +272,7 @@ async def test_evidence_is_rate_limited_per_user_with_retry_info(world, auth_app
     request = instances_pb2.GetTeeInstanceEvidenceRequest(instance_id="i-1", nonce="0" * 64)
     md = (("authorization", f"Bearer {key.secret_key}"),)
     for _ in range(60):
-        assert (await _code(instances.GetTeeInstanceEvidence, request, md))[0] == grpc.StatusCode.UNIMPLEMENTED
+        assert (await _code(instances.GetTeeInstanceEvidence, request, md))[0] == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await instances.GetTeeInstanceEvidence(request, metadata=md)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -287,6 +288,6 @@ async def test_user_policy_accepts_a_hotkey_signature_with_its_purpose(world):
     instances = instances_pb2_grpc.InstanceServiceStub(world)
     request = instances_pb2.GetTeeInstanceEvidenceRequest(instance_id="i-1", nonce="0" * 64)
     assert (await _code(instances.GetTeeInstanceEvidence, request, v1(ALICE, "chutes")))[0] == \
-        grpc.StatusCode.UNIMPLEMENTED
+        grpc.StatusCode.NOT_FOUND
     code, details = await _code(instances.GetTeeInstanceEvidence, request, v1(ALICE, "logs"))
     assert code == grpc.StatusCode.UNAUTHENTICATED and "purpose 'chutes'" in details

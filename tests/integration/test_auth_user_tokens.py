@@ -1,7 +1,7 @@
 """User tokens end to end: issued through AdminService (gRPC, REST, `gantry admin token`), accepted where the
 policy says `user`, refused with a clear reason when expired, tampered, foreign, revoked or for an unknown user.
 
-GetTeeInstanceEvidence (policy `user`) has no handler yet, so UNIMPLEMENTED below means "authenticated".
+GetTeeInstanceEvidence (policy `user`) of an instance that does not exist: NOT_FOUND below means "authenticated".
 Time is the server's ManualClock, moved by hand; it only moves forward, so each test issues its own tokens.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ async def call(ch, token: str) -> tuple[grpc.StatusCode, str, str]:
     return grpc.StatusCode.OK, "", ""
 
 
-AUTHENTICATED = grpc.StatusCode.UNIMPLEMENTED
+AUTHENTICATED = grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_user_token_authenticates_until_it_expires_by_the_server_clock(admin, ch, token_app):
@@ -186,7 +186,7 @@ async def test_rest_issues_tokens_that_rest_callers_use(admin, token_app):
         assert set(body) >= {"token_id", "token", "issued_at", "expires_at"}
         evidence = await http.get("/instances/i-1/evidence", params={"nonce": "0" * 64},
                                   headers={"authorization": f"Bearer {token}"})
-        assert evidence.status_code == 501  # authenticated; the evidence handler is not built yet
+        assert evidence.status_code == 404  # authenticated; instance i-1 does not exist
         refused = await http.get("/instances/i-1/evidence", params={"nonce": "0" * 64},
                                  headers={"authorization": f"Bearer {token[:-2]}xx"})
         assert refused.status_code == 401

@@ -64,7 +64,7 @@ async def test_created_api_key_authenticates_until_revoked(admin, app):
     async with grpc.aio.insecure_channel(app.grpc_addr) as channel:
         evidence = instances_pb2_grpc.InstanceServiceStub(channel).GetTeeInstanceEvidence
         bearer = (("authorization", f"Bearer {key['secret_key']}"),)
-        assert (await _code(evidence, EVIDENCE, bearer))[0] == grpc.StatusCode.UNIMPLEMENTED
+        assert (await _code(evidence, EVIDENCE, bearer))[0] == grpc.StatusCode.NOT_FOUND  # no instance inst-1
         assert (await _code(evidence, EVIDENCE))[0] == grpc.StatusCode.UNAUTHENTICATED
 
         code, revoked, _ = await admin("apikey", "revoke", key["api_key_id"])

@@ -24,6 +24,9 @@ from ..domain.launch.launcher import ClaimArgs, Launcher, TeeAttestationRefused,
 from ..domain.validation import Violations
 from ..errors import InvalidArgument, Unavailable
 from ..runtime import Runtime
+from .instance_evidence import InstanceEvidenceRpcs
+from .instance_legacy import LegacyInstanceRpcs
+from .instance_logs import InstanceLogRpcs
 from .instance_records import InstanceRecordRpcs
 from .servers import AttestationKit, attestation_error
 
@@ -113,7 +116,16 @@ def verified_message(v: Verified) -> instances_pb2.VerifiedLaunchConfig:
     return out
 
 
-class InstanceService(InstanceRecordRpcs, instances_pb2_grpc.InstanceServiceServicer):
+def tee_refusal(refused: TeeAttestationRefused):
+    """The error a refused TEE attestation answers: 502 when the proxy could not be read, else by failure reason."""
+    if refused.failure.reason == f.EVIDENCE_UNAVAILABLE:
+        return Unavailable(f"Attestation proxy unreachable: {refused.failure.message}",
+                           reason=f.EVIDENCE_UNAVAILABLE, http_status=502)
+    return attestation_error(refused.failure, prefix="TEE attestation failed: ")
+
+
+class InstanceService(InstanceRecordRpcs, InstanceLogRpcs, LegacyInstanceRpcs, InstanceEvidenceRpcs,
+                      instances_pb2_grpc.InstanceServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         cfg = rt.settings.attestation
@@ -182,10 +194,7 @@ class InstanceService(InstanceRecordRpcs, instances_pb2_grpc.InstanceServiceServ
             claim = await self.launcher.claim_tee(request.config_id, args, caller_ip=caller.ip,
                                                   nonce=caller.attestation_nonce or "")
         except TeeAttestationRefused as refused:
-            if refused.failure.reason == f.EVIDENCE_UNAVAILABLE:
-                raise Unavailable(f"Attestation proxy unreachable: {refused.failure.message}",
-                                  reason=f.EVIDENCE_UNAVAILABLE, http_status=502) from None
-            raise attestation_error(refused.failure, prefix="TEE attestation failed: ") from None
+            raise tee_refusal(refused) from None
         out = instances_pb2.ClaimTeeLaunchConfigResponse(symmetric_key=claim.symmetric_key)
         if claim.validator_pubkey is not None:
             out.validator_pubkey = claim.validator_pubkey

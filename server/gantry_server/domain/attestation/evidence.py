@@ -80,6 +80,20 @@ class EvidenceClient:
     async def fetch(self, *, host: str, **fields: str) -> RuntimeEvidence:
         url = self.url(host=host, **fields)
         where = url.split("?")[0]
+        doc = await self.fetch_json(url, host=host)
+        try:
+            quote = doc.get("tdx_quote") or doc.get("quote")
+            if not isinstance(quote, str) or not quote:
+                raise ValueError("answer has no tdx_quote")
+            gpu = doc.get("nvtrust_evidence", "")
+            return RuntimeEvidence(quote_b64=quote, gpu_evidence=gpu if isinstance(gpu, str) else json.dumps(gpu))
+        except (ValueError, AttributeError) as exc:
+            raise self._unavailable(where, str(exc) or type(exc).__name__) from None
+
+    async def fetch_json(self, url: str, *, host: str) -> dict:
+        """The JSON object `url` (on `host`, checked public unless allowed) answers, read under the size cap and the
+        overall deadline; anything else is EVIDENCE_UNAVAILABLE. `fetch` is this plus the registration shape."""
+        where = url.split("?")[0]
         try:
             async with asyncio.timeout(self.deadline):
                 await self._check_public(host)
@@ -90,13 +104,11 @@ class EvidenceClient:
             raise self._unavailable(where, str(exc) or type(exc).__name__) from None
         try:
             doc = json.loads(body)
-            quote = doc.get("tdx_quote") or doc.get("quote")
-            if not isinstance(quote, str) or not quote:
-                raise ValueError("answer has no tdx_quote")
-            gpu = doc.get("nvtrust_evidence", "")
-            return RuntimeEvidence(quote_b64=quote, gpu_evidence=gpu if isinstance(gpu, str) else json.dumps(gpu))
-        except (ValueError, AttributeError) as exc:
+        except ValueError as exc:
             raise self._unavailable(where, str(exc) or type(exc).__name__) from None
+        if not isinstance(doc, dict):
+            raise self._unavailable(where, "answer is not a JSON object")
+        return doc
 
     async def _read_capped(self, url: str) -> bytes:
         """The body, read as it arrives and abandoned as soon as it passes `max_bytes`.

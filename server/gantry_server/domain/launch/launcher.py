@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import random
 import secrets
@@ -286,12 +287,18 @@ class Launcher:
                            gpu_uuid=node["uuid"], response_plaintext=graval.response_plaintext(config_id, seed),
                            validator_pubkey=validator_pubkey)
 
-    async def claim_tee(self, config_id: str, args: ClaimArgs, *, caller_ip: str, nonce: str) -> TeeClaim:
+    async def claim_tee(self, config_id: str, args: ClaimArgs, *, caller_ip: str, nonce: str,
+                        gpu_evidence: list[dict] | None = None) -> TeeClaim:
+        """With `gpu_evidence`: the legacy /attest claim (TEE VMs < 0.2.0, attested at boot; domain/launch/
+        legacy_attest.py): the body's GPU evidence is verified against the nonce and no quote is pulled."""
         config = await self.load(config_id, allow_retrieved=False)
         try:
             instance, chute, node_rows, validator_pubkey = await self._claim(config, args, tee=True,
                                                                              caller_ip=caller_ip)
-            await self._attest_deployment(instance, chute, args, nonce)
+            if gpu_evidence is None:
+                await self._attest_deployment(instance, chute, args, nonce)
+            else:
+                await self._attest_gpus(instance, chute, args, nonce, gpu_evidence)
         except ClaimRefused as refused:
             raise await self._refuse(config_id, refused) from None
         symmetric_key = self.rt.keyring.decrypt(instance["symmetric_key_enc"],
@@ -482,9 +489,7 @@ class Launcher:
         nodes = await self._instance_nodes(instance["instance_id"])
         async with self.rt.engine.connect() as conn:
             server = await ServerRepository(conn).get(nodes[0]["server_id"])
-        expected = nonce
-        if version_at_least(chute["chutes_version"], "0.6.0"):
-            expected = hashlib.sha256((nonce + (args.e2e_pubkey or "")).encode()).hexdigest()
+        expected = self._report_data(chute, nonce, args)
         try:
             evidence = await self.evidence.fetch(host=server["ip"], deployment_id=args.deployment_id or "")
             attested = await self.kit.attestor.attest(evidence.quote_b64, kind=RUNTIME, nonce=expected,
@@ -498,6 +503,24 @@ class Launcher:
             await InstanceRepository(conn).set_fields(
                 instance["instance_id"], deployment_id=args.deployment_id,
                 extra={**(instance["extra"] or {}), "measurement_version": attested.entry.version})
+
+    @staticmethod
+    def _report_data(chute, nonce: str, args: ClaimArgs) -> str:
+        """What the TEE evidence of a claim must bind: the nonce, or for chutes >= 0.6.0 sha256(nonce + e2e_pubkey)."""
+        return tee_report_data(nonce, args.e2e_pubkey) if version_at_least(chute["chutes_version"], "0.6.0") else nonce
+
+    async def _attest_gpus(self, instance, chute, args: ClaimArgs, nonce: str, gpu_evidence: list[dict]) -> None:
+        """Verify GPU evidence the miner posted (legacy /attest) with the same verifier as the proxy's evidence."""
+        nodes = await self._instance_nodes(instance["instance_id"])
+        expected = self._report_data(chute, nonce, args)
+        try:
+            await self.kit.gpu_verifier.verify(evidence=json.dumps(gpu_evidence), nonce=expected, gpus=[
+                {"uuid": n["uuid"], "gpu_identifier": n["gpu_identifier"], "name": n["name"]} for n in nodes])
+        except AttestationFailure as failure:
+            raise ClaimRefused(TeeAttestationRefused(failure), delete_instance=instance["instance_id"]) from None
+        async with unit_of_work(self.rt.engine) as conn:
+            await InstanceRepository(conn).set_fields(
+                instance["instance_id"], extra={**(instance["extra"] or {}), "gpu_evidence_verified": True})
 
     async def _instance_nodes(self, instance_id: str) -> list:
         async with self.rt.engine.connect() as conn:
@@ -555,7 +578,7 @@ class Launcher:
         if instance["server_id"]:
             raise await self._refuse(config_id, ClaimRefused(PermissionDenied(
                 "CPU-TEE instances are not supported by this validator", reason="CPU_TEE")))
-        if not instance["deployment_id"]:
+        if not instance["deployment_id"] and not (instance["extra"] or {}).get("gpu_evidence_verified"):
             raise await self._refuse(config_id, ClaimRefused(PermissionDenied(
                 "the instance's TEE attestation did not complete", reason="TEE_NOT_ATTESTED"),
                 delete_instance=instance["instance_id"]))
@@ -594,43 +617,52 @@ class Launcher:
         config = await self.load(config_id, allow_retrieved=True)
         if config["verified_at"] is None:
             raise PermissionDenied("Launch config has not been verified.", reason="NOT_VERIFIED")
-        now = self._now()
         refusal: GantryError | None = None
         async with unit_of_work(self.rt.engine) as conn:
-            instances = InstanceRepository(conn)
-            instance = await instances.by_config(config_id, for_update=True)
+            instance = await InstanceRepository(conn).by_config(config_id, for_update=True)
             if instance is None:
                 raise NotFound(f"The instance of launch config {config_id} no longer exists",
                                reason="INSTANCE_NOT_FOUND")
             if instance["active"]:
                 return
-            chute = await ChuteRepository(conn).get_chute(instance["chute_id"])
-            if now - instance["created_at"] > ACTIVATION_DEADLINE:
-                refusal = FailedPrecondition(
-                    f"Instance {instance['instance_id']} took more than 3.5 h from claim to activation and was "
-                    "removed; launch again", reason="ACTIVATION_TOO_LATE", http_status=GONE)
-            elif config["job_id"] is None:
-                try:
-                    await self._gate(chute, await instances.counts(chute["chute_id"], instance["miner_hotkey"]),
-                                     activation=True)
-                except GantryError as error:
-                    refusal = error
-            if refusal is not None:
-                gone = await instances.delete(instance["instance_id"], now, refusal.message)
-                await events.publish(conn, instance_deleted_event(gone, refusal.message), now=now)
-            else:
-                stop_billing_at = None
-                if instance["billed_to"] is not None:
-                    stop_billing_at = now + timedelta(seconds=chute["shutdown_after_seconds"] or DEFAULT_SHUTDOWN_AFTER)
-                await instances.activate(instance["instance_id"], now, stop_billing_at=stop_billing_at,
-                                         warmup_multiplier=instance["warmup_compute_multiplier"],
-                                         created_at=instance["created_at"],
-                                         compute_multiplier=instance["compute_multiplier"] or 0.0)
-                await events.publish(conn, events.instance_activated(
-                    chute_id=instance["chute_id"], miner_hotkey=instance["miner_hotkey"],
-                    instance_id=instance["instance_id"], config_id=config_id), now=now)
+            refusal = await self.switch_on(conn, instance, gate=config["job_id"] is None)
         if refusal is not None:
             raise refusal
+
+    async def switch_on(self, conn, instance, *, gate: bool) -> GantryError | None:
+        """Activate a verified `instance` (row locked FOR UPDATE in `conn`'s transaction): billing, audit, compute
+        history and instance_activated. Too late (3.5 h after creation) or, when `gate`, the chute at capacity:
+        the instance is deleted (instance_deleted) and the refusal answered for the caller to raise after commit.
+        Shared by the launch-config activation and the legacy PATCH (domain/launch/legacy.py)."""
+        now = self._now()
+        instances = InstanceRepository(conn)
+        chute = await ChuteRepository(conn).get_chute(instance["chute_id"])
+        refusal: GantryError | None = None
+        if now - instance["created_at"] > ACTIVATION_DEADLINE:
+            refusal = FailedPrecondition(
+                f"Instance {instance['instance_id']} took more than 3.5 h from claim to activation and was "
+                "removed; launch again", reason="ACTIVATION_TOO_LATE", http_status=GONE)
+        elif gate:
+            try:
+                await self._gate(chute, await instances.counts(chute["chute_id"], instance["miner_hotkey"]),
+                                 activation=True)
+            except GantryError as error:
+                refusal = error
+        if refusal is not None:
+            gone = await instances.delete(instance["instance_id"], now, refusal.message)
+            await events.publish(conn, instance_deleted_event(gone, refusal.message), now=now)
+            return refusal
+        stop_billing_at = None
+        if instance["billed_to"] is not None:
+            stop_billing_at = now + timedelta(seconds=chute["shutdown_after_seconds"] or DEFAULT_SHUTDOWN_AFTER)
+        await instances.activate(instance["instance_id"], now, stop_billing_at=stop_billing_at,
+                                 warmup_multiplier=instance["warmup_compute_multiplier"],
+                                 created_at=instance["created_at"],
+                                 compute_multiplier=instance["compute_multiplier"] or 0.0)
+        await events.publish(conn, events.instance_activated(
+            chute_id=instance["chute_id"], miner_hotkey=instance["miner_hotkey"],
+            instance_id=instance["instance_id"], config_id=instance["config_id"]), now=now)
+        return None
 
 
 class TeeAttestationRefused(PermissionDenied):
@@ -640,6 +672,11 @@ class TeeAttestationRefused(PermissionDenied):
         super().__init__(f"TEE attestation failed: {failure.message}", reason=failure.reason,
                          metadata=failure.metadata)
         self.failure = failure
+
+
+def tee_report_data(nonce: str, e2e_pubkey: str | None) -> str:
+    """What a TEE chute >= 0.6.0 binds in its quote's report data: sha256_hex(nonce + e2e_pubkey)."""
+    return hashlib.sha256((nonce + (e2e_pubkey or "")).encode()).hexdigest()
 
 
 def starting_multiplier(chute, gpu_count: int, *, private: bool, job) -> tuple[float, float, float]:

@@ -1970,22 +1970,46 @@ Global___StreamLogsRequest: _TypeAlias = StreamLogsRequest  # noqa: Y015
 
 @_typing.final
 class StreamLogsResponse(_message.Message):
-    """One pod log line."""
+    """One pod log line: one SSE event of the instance's log endpoint (`data: {"log": "..."}` then a blank line)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LOG_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
     log: _builtins.str
+    """The `log` text of the event's JSON data; the data itself when it is not JSON with a `log` string; "" for an
+    event without data (a comment, a keep-alive).
+    """
+    cursor: _builtins.str
+    """The first 19 characters of that timestamp (`YYYY-MM-DDTHH:MM:SS`), the reference's log cursor, when present."""
+    raw: _builtins.bytes
+    """The event's bytes exactly as the log endpoint sent them, separator included; the concatenation of `raw` over
+    the stream is the upstream body. An event longer than 64 KiB arrives in several messages (the later ones
+    carry only `raw`).
+    """
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """The timestamp the line starts with (`YYYY-MM-DDTHH:MM:SS[.ffffff][Z|+hh:mm]`, UTC when it names no zone),
+        when it has one.
+        """
+
     def __init__(
         self,
         *,
         log: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        cursor: _builtins.str | None = ...,
+        raw: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log", b"log"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "log", b"log", "raw", b"raw", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cursor: _TypeAlias = _typing.Literal["cursor"]  # noqa: Y015
+    _WhichOneofArgType__cursor: _TypeAlias = _typing.Literal["_cursor", b"_cursor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cursor) -> _WhichOneofReturnType__cursor | None: ...
 
 Global___StreamLogsResponse: _TypeAlias = StreamLogsResponse  # noqa: Y015
 

@@ -270,8 +270,11 @@ class InstanceServiceServicer:
 
     def StreamLogs(self, request, context):
         """GET /instances/{instance_id}/logs?backfill=, "Stream Logs": user auth (hotkey purpose "logs", API key or JWT);
-        owner or sharee of a private chute, or support/admin roles. Relays the instance's pod logs, one line per
-        message; REST renders `data: {"log": "..."}` text/event-stream lines. 400 backfill; 403; 404.
+        the chute's owner (private chutes), the `chutes_support` role, or `subnet_admin` (any chute). Relays the
+        instance's log endpoint (host port mapped from internal 8001, `/logs/stream?backfill=N`, validator-signed),
+        one message per upstream SSE event; REST writes each message's `raw` bytes unchanged as text/event-stream.
+        400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
+        log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

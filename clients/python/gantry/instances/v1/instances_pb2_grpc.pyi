@@ -109,8 +109,11 @@ class InstanceServiceStub:
     """
     StreamLogs: _grpc.UnaryStreamMultiCallable[_instances_pb2.StreamLogsRequest, _instances_pb2.StreamLogsResponse]
     """GET /instances/{instance_id}/logs?backfill=, "Stream Logs": user auth (hotkey purpose "logs", API key or JWT);
-    owner or sharee of a private chute, or support/admin roles. Relays the instance's pod logs, one line per
-    message; REST renders `data: {"log": "..."}` text/event-stream lines. 400 backfill; 403; 404.
+    the chute's owner (private chutes), the `chutes_support` role, or `subnet_admin` (any chute). Relays the
+    instance's log endpoint (host port mapped from internal 8001, `/logs/stream?backfill=N`, validator-signed),
+    one message per upstream SSE event; REST writes each message's `raw` bytes unchanged as text/event-stream.
+    400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
+    log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
     """
     DisableInstance: _grpc.UnaryUnaryMultiCallable[_instances_pb2.DisableInstanceRequest, _instances_pb2.DisableInstanceResponse]
     """POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
@@ -203,8 +206,11 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     """
     StreamLogs: _aio.UnaryStreamMultiCallable[_instances_pb2.StreamLogsRequest, _instances_pb2.StreamLogsResponse]  # type: ignore[assignment]
     """GET /instances/{instance_id}/logs?backfill=, "Stream Logs": user auth (hotkey purpose "logs", API key or JWT);
-    owner or sharee of a private chute, or support/admin roles. Relays the instance's pod logs, one line per
-    message; REST renders `data: {"log": "..."}` text/event-stream lines. 400 backfill; 403; 404.
+    the chute's owner (private chutes), the `chutes_support` role, or `subnet_admin` (any chute). Relays the
+    instance's log endpoint (host port mapped from internal 8001, `/logs/stream?backfill=N`, validator-signed),
+    one message per upstream SSE event; REST writes each message's `raw` bytes unchanged as text/event-stream.
+    400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
+    log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
     """
     DisableInstance: _aio.UnaryUnaryMultiCallable[_instances_pb2.DisableInstanceRequest, _instances_pb2.DisableInstanceResponse]  # type: ignore[assignment]
     """POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
@@ -390,8 +396,11 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_instances_pb2.StreamLogsResponse], _abc.AsyncIterator[_instances_pb2.StreamLogsResponse]]:
         """GET /instances/{instance_id}/logs?backfill=, "Stream Logs": user auth (hotkey purpose "logs", API key or JWT);
-        owner or sharee of a private chute, or support/admin roles. Relays the instance's pod logs, one line per
-        message; REST renders `data: {"log": "..."}` text/event-stream lines. 400 backfill; 403; 404.
+        the chute's owner (private chutes), the `chutes_support` role, or `subnet_admin` (any chute). Relays the
+        instance's log endpoint (host port mapped from internal 8001, `/logs/stream?backfill=N`, validator-signed),
+        one message per upstream SSE event; REST writes each message's `raw` bytes unchanged as text/event-stream.
+        400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
+        log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
         """
 
     @_abc_1.abstractmethod

@@ -3137,10 +3137,21 @@ func (x *StreamLogsRequest) GetBackfill() int32 {
 	return 0
 }
 
-// One pod log line.
+// One pod log line: one SSE event of the instance's log endpoint (`data: {"log": "..."}` then a blank line).
 type StreamLogsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Log           string                 `protobuf:"bytes,1,opt,name=log,proto3" json:"log,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The `log` text of the event's JSON data; the data itself when it is not JSON with a `log` string; "" for an
+	// event without data (a comment, a keep-alive).
+	Log string `protobuf:"bytes,1,opt,name=log,proto3" json:"log,omitempty"`
+	// The timestamp the line starts with (`YYYY-MM-DDTHH:MM:SS[.ffffff][Z|+hh:mm]`, UTC when it names no zone),
+	// when it has one.
+	Timestamp *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	// The first 19 characters of that timestamp (`YYYY-MM-DDTHH:MM:SS`), the reference's log cursor, when present.
+	Cursor *string `protobuf:"bytes,3,opt,name=cursor,proto3,oneof" json:"cursor,omitempty"`
+	// The event's bytes exactly as the log endpoint sent them, separator included; the concatenation of `raw` over
+	// the stream is the upstream body. An event longer than 64 KiB arrives in several messages (the later ones
+	// carry only `raw`).
+	Raw           []byte `protobuf:"bytes,4,opt,name=raw,proto3" json:"raw,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3180,6 +3191,27 @@ func (x *StreamLogsResponse) GetLog() string {
 		return x.Log
 	}
 	return ""
+}
+
+func (x *StreamLogsResponse) GetTimestamp() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Timestamp
+	}
+	return nil
+}
+
+func (x *StreamLogsResponse) GetCursor() string {
+	if x != nil && x.Cursor != nil {
+		return *x.Cursor
+	}
+	return ""
+}
+
+func (x *StreamLogsResponse) GetRaw() []byte {
+	if x != nil {
+		return x.Raw
+	}
+	return nil
 }
 
 // Path of POST /instances/{chute_id}/{instance_id}/disable.
@@ -4035,9 +4067,13 @@ const file_gantry_instances_v1_instances_proto_rawDesc = "" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x1f\n" +
 	"\bbackfill\x18\x02 \x01(\x05H\x00R\bbackfill\x88\x01\x01B\v\n" +
-	"\t_backfill\"&\n" +
+	"\t_backfill\"\x9a\x01\n" +
 	"\x12StreamLogsResponse\x12\x10\n" +
-	"\x03log\x18\x01 \x01(\tR\x03log\"T\n" +
+	"\x03log\x18\x01 \x01(\tR\x03log\x128\n" +
+	"\ttimestamp\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x1b\n" +
+	"\x06cursor\x18\x03 \x01(\tH\x00R\x06cursor\x88\x01\x01\x12\x10\n" +
+	"\x03raw\x18\x04 \x01(\fR\x03rawB\t\n" +
+	"\a_cursor\"T\n" +
 	"\x16DisableInstanceRequest\x12\x19\n" +
 	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -4187,55 +4223,56 @@ var file_gantry_instances_v1_instances_proto_depIdxs = []int32{
 	48, // 25: gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.proof:type_name -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.ProofEntry
 	5,  // 26: gantry.instances.v1.VerifyGravalLaunchConfigInstanceResponse.launch_config:type_name -> gantry.instances.v1.VerifiedLaunchConfig
 	50, // 27: gantry.instances.v1.GetTeeInstanceEvidenceResponse.gpu_evidence:type_name -> google.protobuf.Struct
-	1,  // 28: gantry.instances.v1.CreateInstanceResponse.instance:type_name -> gantry.instances.v1.Instance
-	1,  // 29: gantry.instances.v1.ActivateInstanceResponse.instance:type_name -> gantry.instances.v1.Instance
-	4,  // 30: gantry.instances.v1.VerifyLaunchConfigInstanceRequest.ProofEntry.value:type_name -> gantry.instances.v1.GravalWorkProof
-	4,  // 31: gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.ProofEntry.value:type_name -> gantry.instances.v1.GravalWorkProof
-	6,  // 32: gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv:input_type -> gantry.instances.v1.GetInstanceReconciliationCsvRequest
-	8,  // 33: gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv:input_type -> gantry.instances.v1.GetInstanceComputeHistoryCsvRequest
-	10, // 34: gantry.instances.v1.InstanceService.GetLaunchConfig:input_type -> gantry.instances.v1.GetLaunchConfigRequest
-	12, // 35: gantry.instances.v1.InstanceService.GetRintNonce:input_type -> gantry.instances.v1.GetRintNonceRequest
-	14, // 36: gantry.instances.v1.InstanceService.ClaimTeeLaunchConfig:input_type -> gantry.instances.v1.ClaimTeeLaunchConfigRequest
-	16, // 37: gantry.instances.v1.InstanceService.VerifyTeeLaunchConfigInstance:input_type -> gantry.instances.v1.VerifyTeeLaunchConfigInstanceRequest
-	18, // 38: gantry.instances.v1.InstanceService.ValidateTeeLaunchConfigInstance:input_type -> gantry.instances.v1.ValidateTeeLaunchConfigInstanceRequest
-	20, // 39: gantry.instances.v1.InstanceService.ClaimLaunchConfig:input_type -> gantry.instances.v1.ClaimLaunchConfigRequest
-	22, // 40: gantry.instances.v1.InstanceService.VerifyLaunchConfigInstance:input_type -> gantry.instances.v1.VerifyLaunchConfigInstanceRequest
-	24, // 41: gantry.instances.v1.InstanceService.ClaimGravalLaunchConfig:input_type -> gantry.instances.v1.ClaimGravalLaunchConfigRequest
-	26, // 42: gantry.instances.v1.InstanceService.VerifyGravalLaunchConfigInstance:input_type -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest
-	28, // 43: gantry.instances.v1.InstanceService.ActivateLaunchConfigInstance:input_type -> gantry.instances.v1.ActivateLaunchConfigInstanceRequest
-	30, // 44: gantry.instances.v1.InstanceService.GetInstanceNonce:input_type -> gantry.instances.v1.GetInstanceNonceRequest
-	32, // 45: gantry.instances.v1.InstanceService.GetToken:input_type -> gantry.instances.v1.GetTokenRequest
-	34, // 46: gantry.instances.v1.InstanceService.GetTeeInstanceEvidence:input_type -> gantry.instances.v1.GetTeeInstanceEvidenceRequest
-	36, // 47: gantry.instances.v1.InstanceService.StreamLogs:input_type -> gantry.instances.v1.StreamLogsRequest
-	38, // 48: gantry.instances.v1.InstanceService.DisableInstance:input_type -> gantry.instances.v1.DisableInstanceRequest
-	40, // 49: gantry.instances.v1.InstanceService.DeleteInstance:input_type -> gantry.instances.v1.DeleteInstanceRequest
-	42, // 50: gantry.instances.v1.InstanceService.CreateInstance:input_type -> gantry.instances.v1.CreateInstanceRequest
-	44, // 51: gantry.instances.v1.InstanceService.ActivateInstance:input_type -> gantry.instances.v1.ActivateInstanceRequest
-	7,  // 52: gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv:output_type -> gantry.instances.v1.GetInstanceReconciliationCsvResponse
-	9,  // 53: gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv:output_type -> gantry.instances.v1.GetInstanceComputeHistoryCsvResponse
-	11, // 54: gantry.instances.v1.InstanceService.GetLaunchConfig:output_type -> gantry.instances.v1.GetLaunchConfigResponse
-	13, // 55: gantry.instances.v1.InstanceService.GetRintNonce:output_type -> gantry.instances.v1.GetRintNonceResponse
-	15, // 56: gantry.instances.v1.InstanceService.ClaimTeeLaunchConfig:output_type -> gantry.instances.v1.ClaimTeeLaunchConfigResponse
-	17, // 57: gantry.instances.v1.InstanceService.VerifyTeeLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyTeeLaunchConfigInstanceResponse
-	19, // 58: gantry.instances.v1.InstanceService.ValidateTeeLaunchConfigInstance:output_type -> gantry.instances.v1.ValidateTeeLaunchConfigInstanceResponse
-	21, // 59: gantry.instances.v1.InstanceService.ClaimLaunchConfig:output_type -> gantry.instances.v1.ClaimLaunchConfigResponse
-	23, // 60: gantry.instances.v1.InstanceService.VerifyLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyLaunchConfigInstanceResponse
-	25, // 61: gantry.instances.v1.InstanceService.ClaimGravalLaunchConfig:output_type -> gantry.instances.v1.ClaimGravalLaunchConfigResponse
-	27, // 62: gantry.instances.v1.InstanceService.VerifyGravalLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceResponse
-	29, // 63: gantry.instances.v1.InstanceService.ActivateLaunchConfigInstance:output_type -> gantry.instances.v1.ActivateLaunchConfigInstanceResponse
-	31, // 64: gantry.instances.v1.InstanceService.GetInstanceNonce:output_type -> gantry.instances.v1.GetInstanceNonceResponse
-	33, // 65: gantry.instances.v1.InstanceService.GetToken:output_type -> gantry.instances.v1.GetTokenResponse
-	35, // 66: gantry.instances.v1.InstanceService.GetTeeInstanceEvidence:output_type -> gantry.instances.v1.GetTeeInstanceEvidenceResponse
-	37, // 67: gantry.instances.v1.InstanceService.StreamLogs:output_type -> gantry.instances.v1.StreamLogsResponse
-	39, // 68: gantry.instances.v1.InstanceService.DisableInstance:output_type -> gantry.instances.v1.DisableInstanceResponse
-	41, // 69: gantry.instances.v1.InstanceService.DeleteInstance:output_type -> gantry.instances.v1.DeleteInstanceResponse
-	43, // 70: gantry.instances.v1.InstanceService.CreateInstance:output_type -> gantry.instances.v1.CreateInstanceResponse
-	45, // 71: gantry.instances.v1.InstanceService.ActivateInstance:output_type -> gantry.instances.v1.ActivateInstanceResponse
-	52, // [52:72] is the sub-list for method output_type
-	32, // [32:52] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	49, // 28: gantry.instances.v1.StreamLogsResponse.timestamp:type_name -> google.protobuf.Timestamp
+	1,  // 29: gantry.instances.v1.CreateInstanceResponse.instance:type_name -> gantry.instances.v1.Instance
+	1,  // 30: gantry.instances.v1.ActivateInstanceResponse.instance:type_name -> gantry.instances.v1.Instance
+	4,  // 31: gantry.instances.v1.VerifyLaunchConfigInstanceRequest.ProofEntry.value:type_name -> gantry.instances.v1.GravalWorkProof
+	4,  // 32: gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.ProofEntry.value:type_name -> gantry.instances.v1.GravalWorkProof
+	6,  // 33: gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv:input_type -> gantry.instances.v1.GetInstanceReconciliationCsvRequest
+	8,  // 34: gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv:input_type -> gantry.instances.v1.GetInstanceComputeHistoryCsvRequest
+	10, // 35: gantry.instances.v1.InstanceService.GetLaunchConfig:input_type -> gantry.instances.v1.GetLaunchConfigRequest
+	12, // 36: gantry.instances.v1.InstanceService.GetRintNonce:input_type -> gantry.instances.v1.GetRintNonceRequest
+	14, // 37: gantry.instances.v1.InstanceService.ClaimTeeLaunchConfig:input_type -> gantry.instances.v1.ClaimTeeLaunchConfigRequest
+	16, // 38: gantry.instances.v1.InstanceService.VerifyTeeLaunchConfigInstance:input_type -> gantry.instances.v1.VerifyTeeLaunchConfigInstanceRequest
+	18, // 39: gantry.instances.v1.InstanceService.ValidateTeeLaunchConfigInstance:input_type -> gantry.instances.v1.ValidateTeeLaunchConfigInstanceRequest
+	20, // 40: gantry.instances.v1.InstanceService.ClaimLaunchConfig:input_type -> gantry.instances.v1.ClaimLaunchConfigRequest
+	22, // 41: gantry.instances.v1.InstanceService.VerifyLaunchConfigInstance:input_type -> gantry.instances.v1.VerifyLaunchConfigInstanceRequest
+	24, // 42: gantry.instances.v1.InstanceService.ClaimGravalLaunchConfig:input_type -> gantry.instances.v1.ClaimGravalLaunchConfigRequest
+	26, // 43: gantry.instances.v1.InstanceService.VerifyGravalLaunchConfigInstance:input_type -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest
+	28, // 44: gantry.instances.v1.InstanceService.ActivateLaunchConfigInstance:input_type -> gantry.instances.v1.ActivateLaunchConfigInstanceRequest
+	30, // 45: gantry.instances.v1.InstanceService.GetInstanceNonce:input_type -> gantry.instances.v1.GetInstanceNonceRequest
+	32, // 46: gantry.instances.v1.InstanceService.GetToken:input_type -> gantry.instances.v1.GetTokenRequest
+	34, // 47: gantry.instances.v1.InstanceService.GetTeeInstanceEvidence:input_type -> gantry.instances.v1.GetTeeInstanceEvidenceRequest
+	36, // 48: gantry.instances.v1.InstanceService.StreamLogs:input_type -> gantry.instances.v1.StreamLogsRequest
+	38, // 49: gantry.instances.v1.InstanceService.DisableInstance:input_type -> gantry.instances.v1.DisableInstanceRequest
+	40, // 50: gantry.instances.v1.InstanceService.DeleteInstance:input_type -> gantry.instances.v1.DeleteInstanceRequest
+	42, // 51: gantry.instances.v1.InstanceService.CreateInstance:input_type -> gantry.instances.v1.CreateInstanceRequest
+	44, // 52: gantry.instances.v1.InstanceService.ActivateInstance:input_type -> gantry.instances.v1.ActivateInstanceRequest
+	7,  // 53: gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv:output_type -> gantry.instances.v1.GetInstanceReconciliationCsvResponse
+	9,  // 54: gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv:output_type -> gantry.instances.v1.GetInstanceComputeHistoryCsvResponse
+	11, // 55: gantry.instances.v1.InstanceService.GetLaunchConfig:output_type -> gantry.instances.v1.GetLaunchConfigResponse
+	13, // 56: gantry.instances.v1.InstanceService.GetRintNonce:output_type -> gantry.instances.v1.GetRintNonceResponse
+	15, // 57: gantry.instances.v1.InstanceService.ClaimTeeLaunchConfig:output_type -> gantry.instances.v1.ClaimTeeLaunchConfigResponse
+	17, // 58: gantry.instances.v1.InstanceService.VerifyTeeLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyTeeLaunchConfigInstanceResponse
+	19, // 59: gantry.instances.v1.InstanceService.ValidateTeeLaunchConfigInstance:output_type -> gantry.instances.v1.ValidateTeeLaunchConfigInstanceResponse
+	21, // 60: gantry.instances.v1.InstanceService.ClaimLaunchConfig:output_type -> gantry.instances.v1.ClaimLaunchConfigResponse
+	23, // 61: gantry.instances.v1.InstanceService.VerifyLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyLaunchConfigInstanceResponse
+	25, // 62: gantry.instances.v1.InstanceService.ClaimGravalLaunchConfig:output_type -> gantry.instances.v1.ClaimGravalLaunchConfigResponse
+	27, // 63: gantry.instances.v1.InstanceService.VerifyGravalLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceResponse
+	29, // 64: gantry.instances.v1.InstanceService.ActivateLaunchConfigInstance:output_type -> gantry.instances.v1.ActivateLaunchConfigInstanceResponse
+	31, // 65: gantry.instances.v1.InstanceService.GetInstanceNonce:output_type -> gantry.instances.v1.GetInstanceNonceResponse
+	33, // 66: gantry.instances.v1.InstanceService.GetToken:output_type -> gantry.instances.v1.GetTokenResponse
+	35, // 67: gantry.instances.v1.InstanceService.GetTeeInstanceEvidence:output_type -> gantry.instances.v1.GetTeeInstanceEvidenceResponse
+	37, // 68: gantry.instances.v1.InstanceService.StreamLogs:output_type -> gantry.instances.v1.StreamLogsResponse
+	39, // 69: gantry.instances.v1.InstanceService.DisableInstance:output_type -> gantry.instances.v1.DisableInstanceResponse
+	41, // 70: gantry.instances.v1.InstanceService.DeleteInstance:output_type -> gantry.instances.v1.DeleteInstanceResponse
+	43, // 71: gantry.instances.v1.InstanceService.CreateInstance:output_type -> gantry.instances.v1.CreateInstanceResponse
+	45, // 72: gantry.instances.v1.InstanceService.ActivateInstance:output_type -> gantry.instances.v1.ActivateInstanceResponse
+	53, // [53:73] is the sub-list for method output_type
+	33, // [33:53] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_gantry_instances_v1_instances_proto_init() }
@@ -4258,6 +4295,7 @@ func file_gantry_instances_v1_instances_proto_init() {
 	file_gantry_instances_v1_instances_proto_msgTypes[32].OneofWrappers = []any{}
 	file_gantry_instances_v1_instances_proto_msgTypes[35].OneofWrappers = []any{}
 	file_gantry_instances_v1_instances_proto_msgTypes[36].OneofWrappers = []any{}
+	file_gantry_instances_v1_instances_proto_msgTypes[37].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -108,8 +108,11 @@ type InstanceServiceClient interface {
 	// bound to the nonce. 400 bad nonce, not TEE or not verified; 403; 404; 502 attestation proxy unreachable.
 	GetTeeInstanceEvidence(ctx context.Context, in *GetTeeInstanceEvidenceRequest, opts ...grpc.CallOption) (*GetTeeInstanceEvidenceResponse, error)
 	// GET /instances/{instance_id}/logs?backfill=, "Stream Logs": user auth (hotkey purpose "logs", API key or JWT);
-	// owner or sharee of a private chute, or support/admin roles. Relays the instance's pod logs, one line per
-	// message; REST renders `data: {"log": "..."}` text/event-stream lines. 400 backfill; 403; 404.
+	// the chute's owner (private chutes), the `chutes_support` role, or `subnet_admin` (any chute). Relays the
+	// instance's log endpoint (host port mapped from internal 8001, `/logs/stream?backfill=N`, validator-signed),
+	// one message per upstream SSE event; REST writes each message's `raw` bytes unchanged as text/event-stream.
+	// 400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
+	// log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
 	StreamLogs(ctx context.Context, in *StreamLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamLogsResponse], error)
 	// POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
 	// "instances", the caller's instance (404 otherwise). Sets active = false; verified is untouched.
@@ -419,8 +422,11 @@ type InstanceServiceServer interface {
 	// bound to the nonce. 400 bad nonce, not TEE or not verified; 403; 404; 502 attestation proxy unreachable.
 	GetTeeInstanceEvidence(context.Context, *GetTeeInstanceEvidenceRequest) (*GetTeeInstanceEvidenceResponse, error)
 	// GET /instances/{instance_id}/logs?backfill=, "Stream Logs": user auth (hotkey purpose "logs", API key or JWT);
-	// owner or sharee of a private chute, or support/admin roles. Relays the instance's pod logs, one line per
-	// message; REST renders `data: {"log": "..."}` text/event-stream lines. 400 backfill; 403; 404.
+	// the chute's owner (private chutes), the `chutes_support` role, or `subnet_admin` (any chute). Relays the
+	// instance's log endpoint (host port mapped from internal 8001, `/logs/stream?backfill=N`, validator-signed),
+	// one message per upstream SSE event; REST writes each message's `raw` bytes unchanged as text/event-stream.
+	// 400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
+	// log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
 	StreamLogs(*StreamLogsRequest, grpc.ServerStreamingServer[StreamLogsResponse]) error
 	// POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
 	// "instances", the caller's instance (404 otherwise). Sets active = false; verified is untouched.
