@@ -102,6 +102,7 @@ STREAMS: dict[str, Stream] = {
     _MINER + "GetMetrics": Stream(SSE_ROWS),
     _MINER + "WatchEvents": Stream(NDJSON, sse_on_accept=True, id_field="cursor", keepalive_field="heartbeat"),
     "gantry.instances.v1.InstanceService.StreamLogs": Stream(SSE_RAW),
+    "gantry.instances.v1.InstanceService.StreamStartupLogs": Stream(SSE_RAW),
     "gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv": Stream(CSV, "audit-reconciliation.csv"),
     "gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv": Stream(CSV, "compute-history.csv"),
 }

@@ -6,7 +6,8 @@ Kinds:
                   metagraph_nodes on GANTRY_NETUID; a blacklisted hotkey is always refused
     user          API key (`authorization: Bearer cpk_...`), user token (`authorization: Bearer <JWT>`, see
                   domain/auth/user_tokens.py), or a hotkey signature with `purpose`
-    launch_token  ES256 launch-config JWT whose `sub` is the request's config_id
+    launch_token  ES256 launch-config JWT whose `sub` is the request's config_id (`config_from="token"`: the
+                  request names no config; the token's `sub` is the config, see StreamStartupLogs)
     boot_token    `x-boot-token` bound to the hotkey and the request's vm_name (validated, not consumed)
     nonce         no identity, only a one-time attestation nonce (boot attestation)
     admin         `authorization: Bearer <admin token>`
@@ -31,6 +32,7 @@ class Policy:
     hotkey_from: str = "metadata"  # boot_token: "metadata" (x-chutes-hotkey) or "request" (request.hotkey)
     rate_limit: str | None = None  # bucket (RATE_LIMITS below; its rate is in config RateLimitSettings)
     setting: str = "auth"  # consumer: the BrokerSettings field ("required"/"open") that decides
+    config_from: str = "request"  # launch_token: "request" (request.config_id must be the sub) or "token"
 
 
 KINDS = frozenset({"none", "hotkey", "user", "launch_token", "boot_token", "nonce", "admin", "consumer"})
@@ -80,6 +82,8 @@ POLICIES: dict[str, Policy] = {
     "/gantry.instances.v1.InstanceService/GetToken": NONE,
     "/gantry.instances.v1.InstanceService/GetTeeInstanceEvidence": Policy("user", purpose="chutes"),
     "/gantry.instances.v1.InstanceService/StreamLogs": Policy("user", purpose="logs"),
+    "/gantry.instances.v1.InstanceService/StreamStartupLogs": Policy("launch_token", allow_retrieved=True,
+                                                                     config_from="token"),
     "/gantry.instances.v1.InstanceService/DisableInstance": hotkey("instances", registered=True),
     "/gantry.instances.v1.InstanceService/DeleteInstance": hotkey("instances", registered=True),
     "/gantry.instances.v1.InstanceService/CreateInstance": hotkey(None, registered=True),

@@ -415,6 +415,10 @@ class LaunchSettings:
     # call ends with UNAVAILABLE (the reference: connect 10 s, no read timeout).
     logs_connect_timeout_seconds: float = 10.0
     logs_idle_timeout_seconds: float = 300.0
+    # StreamStartupLogs (GET /miner/instance_logs): the longest a stream stays open (the reference's 300 s cap),
+    # and how often it looks for the launch config's instance while there is none yet (the reference: 2 s).
+    startup_logs_max_seconds: float = 300.0
+    startup_logs_poll_seconds: float = 2.0
     # Key that signs outbound calls to instances (reference §1.7: X-Chutes-Validator ...): a bittensor key URI
     # (mnemonic, `//Name`, or 0x seed). Unset: the calls go unsigned (Gantry has no validator keypair of its own).
     validator_key_uri: str | None = field(default=None, repr=False)
@@ -434,6 +438,10 @@ def _launch_from_env(get) -> LaunchSettings:
         kw["logs_connect_timeout_seconds"] = _positive("GANTRY_LOGS_CONNECT_TIMEOUT_SECONDS", v)
     if v := get("GANTRY_LOGS_IDLE_TIMEOUT_SECONDS"):
         kw["logs_idle_timeout_seconds"] = _positive("GANTRY_LOGS_IDLE_TIMEOUT_SECONDS", v)
+    if v := get("GANTRY_STARTUP_LOGS_MAX_SECONDS"):
+        kw["startup_logs_max_seconds"] = _positive("GANTRY_STARTUP_LOGS_MAX_SECONDS", v)
+    if v := get("GANTRY_STARTUP_LOGS_POLL_SECONDS"):
+        kw["startup_logs_poll_seconds"] = _positive("GANTRY_STARTUP_LOGS_POLL_SECONDS", v)
     if v := get("GANTRY_VALIDATOR_KEY_URI"):
         kw["validator_key_uri"] = v
     return LaunchSettings(**kw)

@@ -84,6 +84,8 @@ GANTRY_ROUTES = {
     ("GET", "/chutes/rolling_updates"),
     ("GET", "/chutes/utilization"),
     ("GET", "/nodes/supported"),
+    # The miner operator's CLI (miner-contract.md C5; domain-validator.md §6.14).
+    ("GET", "/miner/instance_logs"),
     ("GET", "/api/v1/offer-health"),
     ("GET", "/api/v1/sessions/{id}/watch"),
 }

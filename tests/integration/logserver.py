@@ -5,7 +5,8 @@
 one event per read would show it. Every connection is recorded: the request's path and headers, the exact bytes
 sent, and the moment the peer closed it (observed by reading the socket to EOF, not inferred from a failed write).
 Modes: `die_after=K` drops the connection after K live lines without ending the chunked body; `silent=True` sends
-the headers and then nothing.
+the headers and then nothing; `lines=f` makes live line i `f(i)`; `history=H` sends H history lines whatever the
+backfill asked.
 """
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ class Connection:
 
 
 class LogServer:
-    def __init__(self, *, interval: float = 0.05, die_after: int | None = None, silent: bool = False) -> None:
+    def __init__(self, *, interval: float = 0.05, die_after: int | None = None, silent: bool = False,
+                 lines=live_line, history: int | None = None) -> None:
         self.interval, self.die_after, self.silent = interval, die_after, silent
+        self.lines, self.history = lines, history
         self.connections: list[Connection] = []
         self.connected = asyncio.Event()
         self.server: asyncio.Server | None = None
@@ -73,7 +76,7 @@ class LogServer:
 
             watcher = asyncio.ensure_future(watch_eof())
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-            backfill = int(conn.path.partition("backfill=")[2] or 0)
+            backfill = int(conn.path.partition("backfill=")[2] or 0) if self.history is None else self.history
 
             async def send(data: bytes) -> None:
                 for piece in (data[:9], data[9:]):
@@ -86,7 +89,7 @@ class LogServer:
                     await send(event(f"2026-03-02T11:00:00.{i:06d} history line {i}"))
                 i = 0
                 while not conn.closed.is_set():
-                    await send(event(live_line(i)))
+                    await send(event(self.lines(i)))
                     i += 1
                     if self.die_after is not None and i >= self.die_after:
                         writer.transport.abort()

@@ -168,7 +168,7 @@ class AuthInterceptor(AsyncServerInterceptor):
         elif kind == "consumer":
             caller = await self._consumer(parts, policy, request, context, md, method_name, ip)
         elif kind == "launch_token":
-            caller = self._launch(parts, request, md, ip)
+            caller = self._launch(parts, policy, request, md, ip)
         elif kind == "boot_token":
             caller = await self._boot(parts, policy, request, md, ip)
         elif kind == "nonce":
@@ -311,9 +311,9 @@ class AuthInterceptor(AsyncServerInterceptor):
 
     # -- launch tokens, boot tokens, attestation nonces ------------------------------------------------------
     @staticmethod
-    def _launch(parts: _Parts, request, md: dict, ip: str) -> Caller:
-        token = bearer_token(md.get(mk.AUTHORIZATION))
-        config_id = getattr(request, "config_id", "")
+    def _launch(parts: _Parts, policy: Policy, request, md: dict, ip: str) -> Caller:
+        token = bearer_token(md.get(mk.AUTHORIZATION))  # "Bearer <jwt>" or the raw JWT alike
+        config_id = None if policy.config_from == "token" else getattr(request, "config_id", "")
         try:
             claims = parts.launch_keys.verify(token, config_id, now=parts.rt.clock.now().timestamp())
         except LaunchTokenError as exc:

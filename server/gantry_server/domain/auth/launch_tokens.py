@@ -84,8 +84,9 @@ class LaunchTokenKeys:
         signature = self.private_key.sign(f"{now}:{chute_id}:{config_id}".encode(), ec.ECDSA(hashes.SHA256()))
         return f"{now}:{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
-    def verify(self, token: str, config_id: str, *, now: float) -> dict:
-        """The claims of a valid token for `config_id`; raises LaunchTokenError saying what is wrong."""
+    def verify(self, token: str, config_id: str | None, *, now: float) -> dict:
+        """The claims of a valid token for `config_id` (None: for whichever config its `sub` names); raises
+        LaunchTokenError saying what is wrong."""
         if not token:
             raise LaunchTokenError("Missing launch config JWT: send 'authorization: Bearer <token>'")
         try:
@@ -105,7 +106,9 @@ class LaunchTokenKeys:
             raise LaunchTokenError("launch config JWT has expired")
         if not isinstance(claims["iat"], (int, float)) or claims["iat"] > now + 60:
             raise LaunchTokenError("launch config JWT is issued in the future")
-        if claims["sub"] != config_id:
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise LaunchTokenError("Invalid launch token: missing sub.")
+        if config_id is not None and claims["sub"] != config_id:
             raise LaunchTokenError(f"launch config JWT is for another config, not {config_id!r}")
         return claims
 

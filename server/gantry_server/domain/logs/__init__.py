@@ -16,6 +16,10 @@ and cursor. At most MAX_EVENT_BYTES of an unfinished event are held; a longer on
 the generator (the caller went away) closes the upstream connection at once: connections are never pooled. A
 connect timeout, an idle timeout (no byte for that long), an HTTP error status or a body cut short all raise
 LogsUnavailable with the reason.
+
+Startup logs (StreamStartupLogs, the miner CLI's `GET /miner/instance_logs`, reference §6.14): the same relay
+with backfill 10000, each line re-framed by `startup_frame` as `data: {...,"cursor":"YYYY-MM-DDTHH:MM:SS"}`;
+`StartupFilter` skips what a resumed stream already showed and ends after the activation sentinel.
 """
 from __future__ import annotations
 
@@ -94,6 +98,7 @@ class LogEvent:
     log: str = ""
     timestamp: datetime | None = None
     cursor: str | None = None
+    data: str | None = None  # the event's `data:` lines joined; None for an event without data
 
 
 def parse_event(raw: bytes) -> LogEvent:
@@ -122,7 +127,7 @@ def parse_event(raw: bytes) -> LogEvent:
             timestamp = timestamp.astimezone(timezone.utc)
         except ValueError:
             timestamp = cursor = None
-    return LogEvent(raw=raw, log=log, timestamp=timestamp, cursor=cursor)
+    return LogEvent(raw=raw, log=log, timestamp=timestamp, cursor=cursor, data=data)
 
 
 class EventSplitter:
@@ -180,3 +185,59 @@ async def relay(client: httpx.AsyncClient, url: str, headers: Mapping[str, str])
         raise LogsUnavailable(f"log endpoint unreachable: {exc or type(exc).__name__}") from None
     except httpx.HTTPError as exc:
         raise LogsUnavailable(f"log stream broke off: {exc or type(exc).__name__}") from None
+
+
+# -- startup logs (GET /miner/instance_logs) ----------------------------------------------------------------------
+ACTIVATION_SENTINEL = "Instance activated:"
+STARTUP_BACKFILL = 10_000
+PUBLIC_ONLY = "Logs are only available for public chutes."
+ALREADY_ACTIVATED = "Instance has already been activated; logs are no longer available."
+WAITING = "Waiting for instance to be created..."
+BAD_CURSOR = "cursor must be an ISO timestamp like 2026-04-01T17:53:05"
+_CURSOR = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
+
+
+def valid_cursor(cursor: str) -> bool:
+    return bool(_CURSOR.match(cursor))
+
+
+def status_frame(text: str) -> bytes:
+    """A plain `data:` line the CLI prints as it is (waiting, failed, already activated)."""
+    return b"data: " + text.encode() + b"\n\n"
+
+
+def startup_frame(event: LogEvent) -> bytes:
+    """The line as the CLI reads it: its JSON data with `cursor` added (compact, as the reference's orjson writes
+    it); data that is not a JSON object, or a line without a timestamp, passes as `data: <data>`."""
+    data = event.data or ""
+    if event.cursor is not None:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            value["cursor"] = event.cursor
+            data = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return b"data: " + data.encode() + b"\n\n"
+
+
+class StartupFilter:
+    """Which relayed events a startup stream sends, and when it is done. Resuming from `cursor`, lines are skipped
+    until the first one whose cursor is later than it (lines without a timestamp before that are skipped too: they
+    cannot be placed); after that every line goes. `done` once a sent line contained the activation sentinel."""
+
+    def __init__(self, cursor: str | None) -> None:
+        self.cursor = cursor
+        self.found = cursor is None
+        self.done = False
+
+    def admit(self, event: LogEvent) -> bool:
+        if self.done or event.data is None or not event.data.strip() or event.data.strip() == ".":
+            return False
+        if not self.found:
+            if event.cursor is None or event.cursor <= self.cursor:
+                return False
+            self.found = True
+        if ACTIVATION_SENTINEL in event.data:
+            self.done = True
+        return True

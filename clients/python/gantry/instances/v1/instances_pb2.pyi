@@ -2014,6 +2014,62 @@ class StreamLogsResponse(_message.Message):
 Global___StreamLogsResponse: _TypeAlias = StreamLogsResponse  # noqa: Y015
 
 @_typing.final
+class StreamStartupLogsRequest(_message.Message):
+    """Query of GET /miner/instance_logs; the launch config is the one the launch JWT names."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Resume after this log cursor (`YYYY-MM-DDTHH:MM:SS`): lines at or before it are skipped."""
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cursor: _TypeAlias = _typing.Literal["cursor"]  # noqa: Y015
+    _WhichOneofArgType__cursor: _TypeAlias = _typing.Literal["_cursor", b"_cursor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cursor) -> _WhichOneofReturnType__cursor | None: ...
+
+Global___StreamStartupLogsRequest: _TypeAlias = StreamStartupLogsRequest  # noqa: Y015
+
+@_typing.final
+class StreamStartupLogsResponse(_message.Message):
+    """One startup log line, or a plain status line ("Waiting for instance to be created...")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOG_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    log: _builtins.str
+    """The line's `log` text; the status text of a plain line."""
+    cursor: _builtins.str
+    """The first 19 characters of the line's timestamp, when it starts with one."""
+    raw: _builtins.bytes
+    """The SSE event as REST sends it: `data: {"log":"...","cursor":"..."}` (or `data: <status>`) and a blank line."""
+    def __init__(
+        self,
+        *,
+        log: _builtins.str = ...,
+        cursor: _builtins.str | None = ...,
+        raw: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "log", b"log", "raw", b"raw"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cursor: _TypeAlias = _typing.Literal["cursor"]  # noqa: Y015
+    _WhichOneofArgType__cursor: _TypeAlias = _typing.Literal["_cursor", b"_cursor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cursor) -> _WhichOneofReturnType__cursor | None: ...
+
+Global___StreamStartupLogsResponse: _TypeAlias = StreamStartupLogsResponse  # noqa: Y015
+
+@_typing.final
 class DisableInstanceRequest(_message.Message):
     """Path of POST /instances/{chute_id}/{instance_id}/disable."""
 

@@ -114,6 +114,11 @@ class InstanceServiceStub:
                 request_serializer=gantry_dot_instances_dot_v1_dot_instances__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=gantry_dot_instances_dot_v1_dot_instances__pb2.StreamLogsResponse.FromString,
                 _registered_method=True)
+        self.StreamStartupLogs = channel.unary_stream(
+                '/gantry.instances.v1.InstanceService/StreamStartupLogs',
+                request_serializer=gantry_dot_instances_dot_v1_dot_instances__pb2.StreamStartupLogsRequest.SerializeToString,
+                response_deserializer=gantry_dot_instances_dot_v1_dot_instances__pb2.StreamStartupLogsResponse.FromString,
+                _registered_method=True)
         self.DisableInstance = channel.unary_unary(
                 '/gantry.instances.v1.InstanceService/DisableInstance',
                 request_serializer=gantry_dot_instances_dot_v1_dot_instances__pb2.DisableInstanceRequest.SerializeToString,
@@ -280,6 +285,19 @@ class InstanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamStartupLogs(self, request, context):
+        """GET /miner/instance_logs?cursor=, the miner CLI's startup logs: launch-JWT auth (the raw token in
+        `authorization`, "Bearer" optional; its `sub` names the launch config). Public chutes only (403 "Logs are only
+        available for public chutes."), only before activation (403 "Instance has already been activated; logs are no
+        longer available."); 404 unknown config; 422 a failed launch without an instance; 400 a malformed cursor.
+        Waits for the config's instance, then relays its log endpoint (backfill 10000) with `cursor` (the first 19
+        characters of the line's timestamp) added to each line's JSON, skipping lines at or before `cursor`; ends
+        after the line containing "Instance activated:" or after 300 s. REST writes each message's `raw` bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DisableInstance(self, request, context):
         """POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
         "instances", the caller's instance (404 otherwise). Sets active = false; verified is untouched.
@@ -394,6 +412,11 @@ def add_InstanceServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=gantry_dot_instances_dot_v1_dot_instances__pb2.StreamLogsRequest.FromString,
                     response_serializer=gantry_dot_instances_dot_v1_dot_instances__pb2.StreamLogsResponse.SerializeToString,
+            ),
+            'StreamStartupLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamStartupLogs,
+                    request_deserializer=gantry_dot_instances_dot_v1_dot_instances__pb2.StreamStartupLogsRequest.FromString,
+                    response_serializer=gantry_dot_instances_dot_v1_dot_instances__pb2.StreamStartupLogsResponse.SerializeToString,
             ),
             'DisableInstance': grpc.unary_unary_rpc_method_handler(
                     servicer.DisableInstance,
@@ -848,6 +871,33 @@ class InstanceService:
             '/gantry.instances.v1.InstanceService/StreamLogs',
             gantry_dot_instances_dot_v1_dot_instances__pb2.StreamLogsRequest.SerializeToString,
             gantry_dot_instances_dot_v1_dot_instances__pb2.StreamLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamStartupLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gantry.instances.v1.InstanceService/StreamStartupLogs',
+            gantry_dot_instances_dot_v1_dot_instances__pb2.StreamStartupLogsRequest.SerializeToString,
+            gantry_dot_instances_dot_v1_dot_instances__pb2.StreamStartupLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

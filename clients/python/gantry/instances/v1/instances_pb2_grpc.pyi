@@ -115,6 +115,15 @@ class InstanceServiceStub:
     400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
     log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
     """
+    StreamStartupLogs: _grpc.UnaryStreamMultiCallable[_instances_pb2.StreamStartupLogsRequest, _instances_pb2.StreamStartupLogsResponse]
+    """GET /miner/instance_logs?cursor=, the miner CLI's startup logs: launch-JWT auth (the raw token in
+    `authorization`, "Bearer" optional; its `sub` names the launch config). Public chutes only (403 "Logs are only
+    available for public chutes."), only before activation (403 "Instance has already been activated; logs are no
+    longer available."); 404 unknown config; 422 a failed launch without an instance; 400 a malformed cursor.
+    Waits for the config's instance, then relays its log endpoint (backfill 10000) with `cursor` (the first 19
+    characters of the line's timestamp) added to each line's JSON, skipping lines at or before `cursor`; ends
+    after the line containing "Instance activated:" or after 300 s. REST writes each message's `raw` bytes.
+    """
     DisableInstance: _grpc.UnaryUnaryMultiCallable[_instances_pb2.DisableInstanceRequest, _instances_pb2.DisableInstanceResponse]
     """POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
     "instances", the caller's instance (404 otherwise). Sets active = false; verified is untouched.
@@ -211,6 +220,15 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     one message per upstream SSE event; REST writes each message's `raw` bytes unchanged as text/event-stream.
     400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
     log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
+    """
+    StreamStartupLogs: _aio.UnaryStreamMultiCallable[_instances_pb2.StreamStartupLogsRequest, _instances_pb2.StreamStartupLogsResponse]  # type: ignore[assignment]
+    """GET /miner/instance_logs?cursor=, the miner CLI's startup logs: launch-JWT auth (the raw token in
+    `authorization`, "Bearer" optional; its `sub` names the launch config). Public chutes only (403 "Logs are only
+    available for public chutes."), only before activation (403 "Instance has already been activated; logs are no
+    longer available."); 404 unknown config; 422 a failed launch without an instance; 400 a malformed cursor.
+    Waits for the config's instance, then relays its log endpoint (backfill 10000) with `cursor` (the first 19
+    characters of the line's timestamp) added to each line's JSON, skipping lines at or before `cursor`; ends
+    after the line containing "Instance activated:" or after 300 s. REST writes each message's `raw` bytes.
     """
     DisableInstance: _aio.UnaryUnaryMultiCallable[_instances_pb2.DisableInstanceRequest, _instances_pb2.DisableInstanceResponse]  # type: ignore[assignment]
     """POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
@@ -401,6 +419,21 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         one message per upstream SSE event; REST writes each message's `raw` bytes unchanged as text/event-stream.
         400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
         log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamStartupLogs(
+        self,
+        request: _instances_pb2.StreamStartupLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_instances_pb2.StreamStartupLogsResponse], _abc.AsyncIterator[_instances_pb2.StreamStartupLogsResponse]]:
+        """GET /miner/instance_logs?cursor=, the miner CLI's startup logs: launch-JWT auth (the raw token in
+        `authorization`, "Bearer" optional; its `sub` names the launch config). Public chutes only (403 "Logs are only
+        available for public chutes."), only before activation (403 "Instance has already been activated; logs are no
+        longer available."); 404 unknown config; 422 a failed launch without an instance; 400 a malformed cursor.
+        Waits for the config's instance, then relays its log endpoint (backfill 10000) with `cursor` (the first 19
+        characters of the line's timestamp) added to each line's JSON, skipping lines at or before `cursor`; ends
+        after the line containing "Instance activated:" or after 300 s. REST writes each message's `raw` bytes.
         """
 
     @_abc_1.abstractmethod

@@ -3214,6 +3214,116 @@ func (x *StreamLogsResponse) GetRaw() []byte {
 	return nil
 }
 
+// Query of GET /miner/instance_logs; the launch config is the one the launch JWT names.
+type StreamStartupLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resume after this log cursor (`YYYY-MM-DDTHH:MM:SS`): lines at or before it are skipped.
+	Cursor        *string `protobuf:"bytes,1,opt,name=cursor,proto3,oneof" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamStartupLogsRequest) Reset() {
+	*x = StreamStartupLogsRequest{}
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamStartupLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamStartupLogsRequest) ProtoMessage() {}
+
+func (x *StreamStartupLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamStartupLogsRequest.ProtoReflect.Descriptor instead.
+func (*StreamStartupLogsRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *StreamStartupLogsRequest) GetCursor() string {
+	if x != nil && x.Cursor != nil {
+		return *x.Cursor
+	}
+	return ""
+}
+
+// One startup log line, or a plain status line ("Waiting for instance to be created...").
+type StreamStartupLogsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The line's `log` text; the status text of a plain line.
+	Log string `protobuf:"bytes,1,opt,name=log,proto3" json:"log,omitempty"`
+	// The first 19 characters of the line's timestamp, when it starts with one.
+	Cursor *string `protobuf:"bytes,2,opt,name=cursor,proto3,oneof" json:"cursor,omitempty"`
+	// The SSE event as REST sends it: `data: {"log":"...","cursor":"..."}` (or `data: <status>`) and a blank line.
+	Raw           []byte `protobuf:"bytes,3,opt,name=raw,proto3" json:"raw,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamStartupLogsResponse) Reset() {
+	*x = StreamStartupLogsResponse{}
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamStartupLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamStartupLogsResponse) ProtoMessage() {}
+
+func (x *StreamStartupLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamStartupLogsResponse.ProtoReflect.Descriptor instead.
+func (*StreamStartupLogsResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *StreamStartupLogsResponse) GetLog() string {
+	if x != nil {
+		return x.Log
+	}
+	return ""
+}
+
+func (x *StreamStartupLogsResponse) GetCursor() string {
+	if x != nil && x.Cursor != nil {
+		return *x.Cursor
+	}
+	return ""
+}
+
+func (x *StreamStartupLogsResponse) GetRaw() []byte {
+	if x != nil {
+		return x.Raw
+	}
+	return nil
+}
+
 // Path of POST /instances/{chute_id}/{instance_id}/disable.
 type DisableInstanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3225,7 +3335,7 @@ type DisableInstanceRequest struct {
 
 func (x *DisableInstanceRequest) Reset() {
 	*x = DisableInstanceRequest{}
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[38]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3237,7 +3347,7 @@ func (x *DisableInstanceRequest) String() string {
 func (*DisableInstanceRequest) ProtoMessage() {}
 
 func (x *DisableInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[38]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3250,7 +3360,7 @@ func (x *DisableInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DisableInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{38}
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DisableInstanceRequest) GetChuteId() string {
@@ -3279,7 +3389,7 @@ type DisableInstanceResponse struct {
 
 func (x *DisableInstanceResponse) Reset() {
 	*x = DisableInstanceResponse{}
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[39]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3291,7 +3401,7 @@ func (x *DisableInstanceResponse) String() string {
 func (*DisableInstanceResponse) ProtoMessage() {}
 
 func (x *DisableInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[39]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3304,7 +3414,7 @@ func (x *DisableInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableInstanceResponse.ProtoReflect.Descriptor instead.
 func (*DisableInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{39}
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DisableInstanceResponse) GetInstanceId() string {
@@ -3332,7 +3442,7 @@ type DeleteInstanceRequest struct {
 
 func (x *DeleteInstanceRequest) Reset() {
 	*x = DeleteInstanceRequest{}
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[40]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3344,7 +3454,7 @@ func (x *DeleteInstanceRequest) String() string {
 func (*DeleteInstanceRequest) ProtoMessage() {}
 
 func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[40]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3357,7 +3467,7 @@ func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{40}
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteInstanceRequest) GetChuteId() string {
@@ -3386,7 +3496,7 @@ type DeleteInstanceResponse struct {
 
 func (x *DeleteInstanceResponse) Reset() {
 	*x = DeleteInstanceResponse{}
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[41]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3398,7 +3508,7 @@ func (x *DeleteInstanceResponse) String() string {
 func (*DeleteInstanceResponse) ProtoMessage() {}
 
 func (x *DeleteInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[41]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3411,7 +3521,7 @@ func (x *DeleteInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{41}
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DeleteInstanceResponse) GetInstanceId() string {
@@ -3443,7 +3553,7 @@ type CreateInstanceRequest struct {
 
 func (x *CreateInstanceRequest) Reset() {
 	*x = CreateInstanceRequest{}
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[42]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3455,7 +3565,7 @@ func (x *CreateInstanceRequest) String() string {
 func (*CreateInstanceRequest) ProtoMessage() {}
 
 func (x *CreateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[42]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3468,7 +3578,7 @@ func (x *CreateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{42}
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateInstanceRequest) GetChuteId() string {
@@ -3509,7 +3619,7 @@ type CreateInstanceResponse struct {
 
 func (x *CreateInstanceResponse) Reset() {
 	*x = CreateInstanceResponse{}
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[43]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3521,7 +3631,7 @@ func (x *CreateInstanceResponse) String() string {
 func (*CreateInstanceResponse) ProtoMessage() {}
 
 func (x *CreateInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[43]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3534,7 +3644,7 @@ func (x *CreateInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceResponse.ProtoReflect.Descriptor instead.
 func (*CreateInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{43}
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CreateInstanceResponse) GetInstance() *Instance {
@@ -3557,7 +3667,7 @@ type ActivateInstanceRequest struct {
 
 func (x *ActivateInstanceRequest) Reset() {
 	*x = ActivateInstanceRequest{}
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[44]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3569,7 +3679,7 @@ func (x *ActivateInstanceRequest) String() string {
 func (*ActivateInstanceRequest) ProtoMessage() {}
 
 func (x *ActivateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[44]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3582,7 +3692,7 @@ func (x *ActivateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*ActivateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{44}
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ActivateInstanceRequest) GetChuteId() string {
@@ -3616,7 +3726,7 @@ type ActivateInstanceResponse struct {
 
 func (x *ActivateInstanceResponse) Reset() {
 	*x = ActivateInstanceResponse{}
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[45]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3628,7 +3738,7 @@ func (x *ActivateInstanceResponse) String() string {
 func (*ActivateInstanceResponse) ProtoMessage() {}
 
 func (x *ActivateInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_instances_v1_instances_proto_msgTypes[45]
+	mi := &file_gantry_instances_v1_instances_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3641,7 +3751,7 @@ func (x *ActivateInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateInstanceResponse.ProtoReflect.Descriptor instead.
 func (*ActivateInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{45}
+	return file_gantry_instances_v1_instances_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ActivateInstanceResponse) GetInstance() *Instance {
@@ -4073,6 +4183,14 @@ const file_gantry_instances_v1_instances_proto_rawDesc = "" +
 	"\ttimestamp\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x1b\n" +
 	"\x06cursor\x18\x03 \x01(\tH\x00R\x06cursor\x88\x01\x01\x12\x10\n" +
 	"\x03raw\x18\x04 \x01(\fR\x03rawB\t\n" +
+	"\a_cursor\"B\n" +
+	"\x18StreamStartupLogsRequest\x12\x1b\n" +
+	"\x06cursor\x18\x01 \x01(\tH\x00R\x06cursor\x88\x01\x01B\t\n" +
+	"\a_cursor\"g\n" +
+	"\x19StreamStartupLogsResponse\x12\x10\n" +
+	"\x03log\x18\x01 \x01(\tR\x03log\x12\x1b\n" +
+	"\x06cursor\x18\x02 \x01(\tH\x00R\x06cursor\x88\x01\x01\x12\x10\n" +
+	"\x03raw\x18\x03 \x01(\fR\x03rawB\t\n" +
 	"\a_cursor\"T\n" +
 	"\x16DisableInstanceRequest\x12\x19\n" +
 	"\bchute_id\x18\x01 \x01(\tR\achuteId\x12\x1f\n" +
@@ -4103,7 +4221,7 @@ const file_gantry_instances_v1_instances_proto_rawDesc = "" +
 	"instanceId\x12\x16\n" +
 	"\x06active\x18\x03 \x01(\bR\x06active\"U\n" +
 	"\x18ActivateInstanceResponse\x129\n" +
-	"\binstance\x18\x01 \x01(\v2\x1d.gantry.instances.v1.InstanceR\binstance2\x88\x1c\n" +
+	"\binstance\x18\x01 \x01(\v2\x1d.gantry.instances.v1.InstanceR\binstance2\x9d\x1d\n" +
 	"\x0fInstanceService\x12\xc2\x01\n" +
 	"\x1cGetInstanceReconciliationCsv\x128.gantry.instances.v1.GetInstanceReconciliationCsvRequest\x1a9.gantry.instances.v1.GetInstanceReconciliationCsvResponse\"+\x82\xd3\xe4\x93\x02%b\x04data\x12\x1d/instances/reconciliation_csv0\x01\x12\xc3\x01\n" +
 	"\x1cGetInstanceComputeHistoryCsv\x128.gantry.instances.v1.GetInstanceComputeHistoryCsvRequest\x1a9.gantry.instances.v1.GetInstanceComputeHistoryCsvResponse\",\x82\xd3\xe4\x93\x02&b\x04data\x12\x1e/instances/compute_history_csv0\x01\x12\x8e\x01\n" +
@@ -4121,7 +4239,8 @@ const file_gantry_instances_v1_instances_proto_rawDesc = "" +
 	"\bGetToken\x12$.gantry.instances.v1.GetTokenRequest\x1a%.gantry.instances.v1.GetTokenResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/instances/token_check\x12\xac\x01\n" +
 	"\x16GetTeeInstanceEvidence\x122.gantry.instances.v1.GetTeeInstanceEvidenceRequest\x1a3.gantry.instances.v1.GetTeeInstanceEvidenceResponse\")\x82\xd3\xe4\x93\x02#\x12!/instances/{instance_id}/evidence\x12\x86\x01\n" +
 	"\n" +
-	"StreamLogs\x12&.gantry.instances.v1.StreamLogsRequest\x1a'.gantry.instances.v1.StreamLogsResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/instances/{instance_id}/logs0\x01\x12\xa1\x01\n" +
+	"StreamLogs\x12&.gantry.instances.v1.StreamLogsRequest\x1a'.gantry.instances.v1.StreamLogsResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/instances/{instance_id}/logs0\x01\x12\x92\x01\n" +
+	"\x11StreamStartupLogs\x12-.gantry.instances.v1.StreamStartupLogsRequest\x1a..gantry.instances.v1.StreamStartupLogsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/miner/instance_logs0\x01\x12\xa1\x01\n" +
 	"\x0fDisableInstance\x12+.gantry.instances.v1.DisableInstanceRequest\x1a,.gantry.instances.v1.DisableInstanceResponse\"3\x82\xd3\xe4\x93\x02-\"+/instances/{chute_id}/{instance_id}/disable\x12\x96\x01\n" +
 	"\x0eDeleteInstance\x12*.gantry.instances.v1.DeleteInstanceRequest\x1a+.gantry.instances.v1.DeleteInstanceResponse\"+\x82\xd3\xe4\x93\x02%*#/instances/{chute_id}/{instance_id}\x12\x96\x01\n" +
 	"\x0eCreateInstance\x12*.gantry.instances.v1.CreateInstanceRequest\x1a+.gantry.instances.v1.CreateInstanceResponse\"+\x82\xd3\xe4\x93\x02%:\x01*b\binstance\"\x16/instances/{chute_id}/\x12\xa9\x01\n" +
@@ -4139,7 +4258,7 @@ func file_gantry_instances_v1_instances_proto_rawDescGZIP() []byte {
 	return file_gantry_instances_v1_instances_proto_rawDescData
 }
 
-var file_gantry_instances_v1_instances_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_gantry_instances_v1_instances_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_gantry_instances_v1_instances_proto_goTypes = []any{
 	(*PortMapping)(nil),                              // 0: gantry.instances.v1.PortMapping
 	(*Instance)(nil),                                 // 1: gantry.instances.v1.Instance
@@ -4179,51 +4298,53 @@ var file_gantry_instances_v1_instances_proto_goTypes = []any{
 	(*GetTeeInstanceEvidenceResponse)(nil),           // 35: gantry.instances.v1.GetTeeInstanceEvidenceResponse
 	(*StreamLogsRequest)(nil),                        // 36: gantry.instances.v1.StreamLogsRequest
 	(*StreamLogsResponse)(nil),                       // 37: gantry.instances.v1.StreamLogsResponse
-	(*DisableInstanceRequest)(nil),                   // 38: gantry.instances.v1.DisableInstanceRequest
-	(*DisableInstanceResponse)(nil),                  // 39: gantry.instances.v1.DisableInstanceResponse
-	(*DeleteInstanceRequest)(nil),                    // 40: gantry.instances.v1.DeleteInstanceRequest
-	(*DeleteInstanceResponse)(nil),                   // 41: gantry.instances.v1.DeleteInstanceResponse
-	(*CreateInstanceRequest)(nil),                    // 42: gantry.instances.v1.CreateInstanceRequest
-	(*CreateInstanceResponse)(nil),                   // 43: gantry.instances.v1.CreateInstanceResponse
-	(*ActivateInstanceRequest)(nil),                  // 44: gantry.instances.v1.ActivateInstanceRequest
-	(*ActivateInstanceResponse)(nil),                 // 45: gantry.instances.v1.ActivateInstanceResponse
-	nil,                                              // 46: gantry.instances.v1.VerifiedLaunchConfig.SecretsEntry
-	nil,                                              // 47: gantry.instances.v1.VerifyLaunchConfigInstanceRequest.ProofEntry
-	nil,                                              // 48: gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.ProofEntry
-	(*timestamppb.Timestamp)(nil),                    // 49: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),                          // 50: google.protobuf.Struct
-	(*structpb.Value)(nil),                           // 51: google.protobuf.Value
+	(*StreamStartupLogsRequest)(nil),                 // 38: gantry.instances.v1.StreamStartupLogsRequest
+	(*StreamStartupLogsResponse)(nil),                // 39: gantry.instances.v1.StreamStartupLogsResponse
+	(*DisableInstanceRequest)(nil),                   // 40: gantry.instances.v1.DisableInstanceRequest
+	(*DisableInstanceResponse)(nil),                  // 41: gantry.instances.v1.DisableInstanceResponse
+	(*DeleteInstanceRequest)(nil),                    // 42: gantry.instances.v1.DeleteInstanceRequest
+	(*DeleteInstanceResponse)(nil),                   // 43: gantry.instances.v1.DeleteInstanceResponse
+	(*CreateInstanceRequest)(nil),                    // 44: gantry.instances.v1.CreateInstanceRequest
+	(*CreateInstanceResponse)(nil),                   // 45: gantry.instances.v1.CreateInstanceResponse
+	(*ActivateInstanceRequest)(nil),                  // 46: gantry.instances.v1.ActivateInstanceRequest
+	(*ActivateInstanceResponse)(nil),                 // 47: gantry.instances.v1.ActivateInstanceResponse
+	nil,                                              // 48: gantry.instances.v1.VerifiedLaunchConfig.SecretsEntry
+	nil,                                              // 49: gantry.instances.v1.VerifyLaunchConfigInstanceRequest.ProofEntry
+	nil,                                              // 50: gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.ProofEntry
+	(*timestamppb.Timestamp)(nil),                    // 51: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),                          // 52: google.protobuf.Struct
+	(*structpb.Value)(nil),                           // 53: google.protobuf.Value
 }
 var file_gantry_instances_v1_instances_proto_depIdxs = []int32{
 	0,  // 0: gantry.instances.v1.Instance.port_mappings:type_name -> gantry.instances.v1.PortMapping
-	49, // 1: gantry.instances.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	49, // 2: gantry.instances.v1.Instance.activated_at:type_name -> google.protobuf.Timestamp
-	49, // 3: gantry.instances.v1.Instance.last_verified_at:type_name -> google.protobuf.Timestamp
-	49, // 4: gantry.instances.v1.Instance.stop_billing_at:type_name -> google.protobuf.Timestamp
+	51, // 1: gantry.instances.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	51, // 2: gantry.instances.v1.Instance.activated_at:type_name -> google.protobuf.Timestamp
+	51, // 3: gantry.instances.v1.Instance.last_verified_at:type_name -> google.protobuf.Timestamp
+	51, // 4: gantry.instances.v1.Instance.stop_billing_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: gantry.instances.v1.GravalChallenge.symmetric_key:type_name -> gantry.instances.v1.GravalSymmetricKey
-	49, // 6: gantry.instances.v1.VerifiedLaunchConfig.verified_at:type_name -> google.protobuf.Timestamp
-	50, // 7: gantry.instances.v1.VerifiedLaunchConfig.job_data:type_name -> google.protobuf.Struct
-	46, // 8: gantry.instances.v1.VerifiedLaunchConfig.secrets:type_name -> gantry.instances.v1.VerifiedLaunchConfig.SecretsEntry
-	51, // 9: gantry.instances.v1.GetLaunchConfigResponse.registry:type_name -> google.protobuf.Value
-	50, // 10: gantry.instances.v1.ClaimTeeLaunchConfigRequest.gpus:type_name -> google.protobuf.Struct
+	51, // 6: gantry.instances.v1.VerifiedLaunchConfig.verified_at:type_name -> google.protobuf.Timestamp
+	52, // 7: gantry.instances.v1.VerifiedLaunchConfig.job_data:type_name -> google.protobuf.Struct
+	48, // 8: gantry.instances.v1.VerifiedLaunchConfig.secrets:type_name -> gantry.instances.v1.VerifiedLaunchConfig.SecretsEntry
+	53, // 9: gantry.instances.v1.GetLaunchConfigResponse.registry:type_name -> google.protobuf.Value
+	52, // 10: gantry.instances.v1.ClaimTeeLaunchConfigRequest.gpus:type_name -> google.protobuf.Struct
 	0,  // 11: gantry.instances.v1.ClaimTeeLaunchConfigRequest.port_mappings:type_name -> gantry.instances.v1.PortMapping
 	5,  // 12: gantry.instances.v1.VerifyTeeLaunchConfigInstanceResponse.launch_config:type_name -> gantry.instances.v1.VerifiedLaunchConfig
-	50, // 13: gantry.instances.v1.ValidateTeeLaunchConfigInstanceRequest.gpus:type_name -> google.protobuf.Struct
+	52, // 13: gantry.instances.v1.ValidateTeeLaunchConfigInstanceRequest.gpus:type_name -> google.protobuf.Struct
 	0,  // 14: gantry.instances.v1.ValidateTeeLaunchConfigInstanceRequest.port_mappings:type_name -> gantry.instances.v1.PortMapping
-	50, // 15: gantry.instances.v1.ValidateTeeLaunchConfigInstanceRequest.gpu_evidence:type_name -> google.protobuf.Struct
+	52, // 15: gantry.instances.v1.ValidateTeeLaunchConfigInstanceRequest.gpu_evidence:type_name -> google.protobuf.Struct
 	5,  // 16: gantry.instances.v1.ValidateTeeLaunchConfigInstanceResponse.launch_config:type_name -> gantry.instances.v1.VerifiedLaunchConfig
-	50, // 17: gantry.instances.v1.ClaimLaunchConfigRequest.gpus:type_name -> google.protobuf.Struct
+	52, // 17: gantry.instances.v1.ClaimLaunchConfigRequest.gpus:type_name -> google.protobuf.Struct
 	0,  // 18: gantry.instances.v1.ClaimLaunchConfigRequest.port_mappings:type_name -> gantry.instances.v1.PortMapping
 	3,  // 19: gantry.instances.v1.ClaimLaunchConfigResponse.challenge:type_name -> gantry.instances.v1.GravalChallenge
-	47, // 20: gantry.instances.v1.VerifyLaunchConfigInstanceRequest.proof:type_name -> gantry.instances.v1.VerifyLaunchConfigInstanceRequest.ProofEntry
+	49, // 20: gantry.instances.v1.VerifyLaunchConfigInstanceRequest.proof:type_name -> gantry.instances.v1.VerifyLaunchConfigInstanceRequest.ProofEntry
 	5,  // 21: gantry.instances.v1.VerifyLaunchConfigInstanceResponse.launch_config:type_name -> gantry.instances.v1.VerifiedLaunchConfig
-	50, // 22: gantry.instances.v1.ClaimGravalLaunchConfigRequest.gpus:type_name -> google.protobuf.Struct
+	52, // 22: gantry.instances.v1.ClaimGravalLaunchConfigRequest.gpus:type_name -> google.protobuf.Struct
 	0,  // 23: gantry.instances.v1.ClaimGravalLaunchConfigRequest.port_mappings:type_name -> gantry.instances.v1.PortMapping
 	3,  // 24: gantry.instances.v1.ClaimGravalLaunchConfigResponse.challenge:type_name -> gantry.instances.v1.GravalChallenge
-	48, // 25: gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.proof:type_name -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.ProofEntry
+	50, // 25: gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.proof:type_name -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceRequest.ProofEntry
 	5,  // 26: gantry.instances.v1.VerifyGravalLaunchConfigInstanceResponse.launch_config:type_name -> gantry.instances.v1.VerifiedLaunchConfig
-	50, // 27: gantry.instances.v1.GetTeeInstanceEvidenceResponse.gpu_evidence:type_name -> google.protobuf.Struct
-	49, // 28: gantry.instances.v1.StreamLogsResponse.timestamp:type_name -> google.protobuf.Timestamp
+	52, // 27: gantry.instances.v1.GetTeeInstanceEvidenceResponse.gpu_evidence:type_name -> google.protobuf.Struct
+	51, // 28: gantry.instances.v1.StreamLogsResponse.timestamp:type_name -> google.protobuf.Timestamp
 	1,  // 29: gantry.instances.v1.CreateInstanceResponse.instance:type_name -> gantry.instances.v1.Instance
 	1,  // 30: gantry.instances.v1.ActivateInstanceResponse.instance:type_name -> gantry.instances.v1.Instance
 	4,  // 31: gantry.instances.v1.VerifyLaunchConfigInstanceRequest.ProofEntry.value:type_name -> gantry.instances.v1.GravalWorkProof
@@ -4244,32 +4365,34 @@ var file_gantry_instances_v1_instances_proto_depIdxs = []int32{
 	32, // 46: gantry.instances.v1.InstanceService.GetToken:input_type -> gantry.instances.v1.GetTokenRequest
 	34, // 47: gantry.instances.v1.InstanceService.GetTeeInstanceEvidence:input_type -> gantry.instances.v1.GetTeeInstanceEvidenceRequest
 	36, // 48: gantry.instances.v1.InstanceService.StreamLogs:input_type -> gantry.instances.v1.StreamLogsRequest
-	38, // 49: gantry.instances.v1.InstanceService.DisableInstance:input_type -> gantry.instances.v1.DisableInstanceRequest
-	40, // 50: gantry.instances.v1.InstanceService.DeleteInstance:input_type -> gantry.instances.v1.DeleteInstanceRequest
-	42, // 51: gantry.instances.v1.InstanceService.CreateInstance:input_type -> gantry.instances.v1.CreateInstanceRequest
-	44, // 52: gantry.instances.v1.InstanceService.ActivateInstance:input_type -> gantry.instances.v1.ActivateInstanceRequest
-	7,  // 53: gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv:output_type -> gantry.instances.v1.GetInstanceReconciliationCsvResponse
-	9,  // 54: gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv:output_type -> gantry.instances.v1.GetInstanceComputeHistoryCsvResponse
-	11, // 55: gantry.instances.v1.InstanceService.GetLaunchConfig:output_type -> gantry.instances.v1.GetLaunchConfigResponse
-	13, // 56: gantry.instances.v1.InstanceService.GetRintNonce:output_type -> gantry.instances.v1.GetRintNonceResponse
-	15, // 57: gantry.instances.v1.InstanceService.ClaimTeeLaunchConfig:output_type -> gantry.instances.v1.ClaimTeeLaunchConfigResponse
-	17, // 58: gantry.instances.v1.InstanceService.VerifyTeeLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyTeeLaunchConfigInstanceResponse
-	19, // 59: gantry.instances.v1.InstanceService.ValidateTeeLaunchConfigInstance:output_type -> gantry.instances.v1.ValidateTeeLaunchConfigInstanceResponse
-	21, // 60: gantry.instances.v1.InstanceService.ClaimLaunchConfig:output_type -> gantry.instances.v1.ClaimLaunchConfigResponse
-	23, // 61: gantry.instances.v1.InstanceService.VerifyLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyLaunchConfigInstanceResponse
-	25, // 62: gantry.instances.v1.InstanceService.ClaimGravalLaunchConfig:output_type -> gantry.instances.v1.ClaimGravalLaunchConfigResponse
-	27, // 63: gantry.instances.v1.InstanceService.VerifyGravalLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceResponse
-	29, // 64: gantry.instances.v1.InstanceService.ActivateLaunchConfigInstance:output_type -> gantry.instances.v1.ActivateLaunchConfigInstanceResponse
-	31, // 65: gantry.instances.v1.InstanceService.GetInstanceNonce:output_type -> gantry.instances.v1.GetInstanceNonceResponse
-	33, // 66: gantry.instances.v1.InstanceService.GetToken:output_type -> gantry.instances.v1.GetTokenResponse
-	35, // 67: gantry.instances.v1.InstanceService.GetTeeInstanceEvidence:output_type -> gantry.instances.v1.GetTeeInstanceEvidenceResponse
-	37, // 68: gantry.instances.v1.InstanceService.StreamLogs:output_type -> gantry.instances.v1.StreamLogsResponse
-	39, // 69: gantry.instances.v1.InstanceService.DisableInstance:output_type -> gantry.instances.v1.DisableInstanceResponse
-	41, // 70: gantry.instances.v1.InstanceService.DeleteInstance:output_type -> gantry.instances.v1.DeleteInstanceResponse
-	43, // 71: gantry.instances.v1.InstanceService.CreateInstance:output_type -> gantry.instances.v1.CreateInstanceResponse
-	45, // 72: gantry.instances.v1.InstanceService.ActivateInstance:output_type -> gantry.instances.v1.ActivateInstanceResponse
-	53, // [53:73] is the sub-list for method output_type
-	33, // [33:53] is the sub-list for method input_type
+	38, // 49: gantry.instances.v1.InstanceService.StreamStartupLogs:input_type -> gantry.instances.v1.StreamStartupLogsRequest
+	40, // 50: gantry.instances.v1.InstanceService.DisableInstance:input_type -> gantry.instances.v1.DisableInstanceRequest
+	42, // 51: gantry.instances.v1.InstanceService.DeleteInstance:input_type -> gantry.instances.v1.DeleteInstanceRequest
+	44, // 52: gantry.instances.v1.InstanceService.CreateInstance:input_type -> gantry.instances.v1.CreateInstanceRequest
+	46, // 53: gantry.instances.v1.InstanceService.ActivateInstance:input_type -> gantry.instances.v1.ActivateInstanceRequest
+	7,  // 54: gantry.instances.v1.InstanceService.GetInstanceReconciliationCsv:output_type -> gantry.instances.v1.GetInstanceReconciliationCsvResponse
+	9,  // 55: gantry.instances.v1.InstanceService.GetInstanceComputeHistoryCsv:output_type -> gantry.instances.v1.GetInstanceComputeHistoryCsvResponse
+	11, // 56: gantry.instances.v1.InstanceService.GetLaunchConfig:output_type -> gantry.instances.v1.GetLaunchConfigResponse
+	13, // 57: gantry.instances.v1.InstanceService.GetRintNonce:output_type -> gantry.instances.v1.GetRintNonceResponse
+	15, // 58: gantry.instances.v1.InstanceService.ClaimTeeLaunchConfig:output_type -> gantry.instances.v1.ClaimTeeLaunchConfigResponse
+	17, // 59: gantry.instances.v1.InstanceService.VerifyTeeLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyTeeLaunchConfigInstanceResponse
+	19, // 60: gantry.instances.v1.InstanceService.ValidateTeeLaunchConfigInstance:output_type -> gantry.instances.v1.ValidateTeeLaunchConfigInstanceResponse
+	21, // 61: gantry.instances.v1.InstanceService.ClaimLaunchConfig:output_type -> gantry.instances.v1.ClaimLaunchConfigResponse
+	23, // 62: gantry.instances.v1.InstanceService.VerifyLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyLaunchConfigInstanceResponse
+	25, // 63: gantry.instances.v1.InstanceService.ClaimGravalLaunchConfig:output_type -> gantry.instances.v1.ClaimGravalLaunchConfigResponse
+	27, // 64: gantry.instances.v1.InstanceService.VerifyGravalLaunchConfigInstance:output_type -> gantry.instances.v1.VerifyGravalLaunchConfigInstanceResponse
+	29, // 65: gantry.instances.v1.InstanceService.ActivateLaunchConfigInstance:output_type -> gantry.instances.v1.ActivateLaunchConfigInstanceResponse
+	31, // 66: gantry.instances.v1.InstanceService.GetInstanceNonce:output_type -> gantry.instances.v1.GetInstanceNonceResponse
+	33, // 67: gantry.instances.v1.InstanceService.GetToken:output_type -> gantry.instances.v1.GetTokenResponse
+	35, // 68: gantry.instances.v1.InstanceService.GetTeeInstanceEvidence:output_type -> gantry.instances.v1.GetTeeInstanceEvidenceResponse
+	37, // 69: gantry.instances.v1.InstanceService.StreamLogs:output_type -> gantry.instances.v1.StreamLogsResponse
+	39, // 70: gantry.instances.v1.InstanceService.StreamStartupLogs:output_type -> gantry.instances.v1.StreamStartupLogsResponse
+	41, // 71: gantry.instances.v1.InstanceService.DisableInstance:output_type -> gantry.instances.v1.DisableInstanceResponse
+	43, // 72: gantry.instances.v1.InstanceService.DeleteInstance:output_type -> gantry.instances.v1.DeleteInstanceResponse
+	45, // 73: gantry.instances.v1.InstanceService.CreateInstance:output_type -> gantry.instances.v1.CreateInstanceResponse
+	47, // 74: gantry.instances.v1.InstanceService.ActivateInstance:output_type -> gantry.instances.v1.ActivateInstanceResponse
+	54, // [54:75] is the sub-list for method output_type
+	33, // [33:54] is the sub-list for method input_type
 	33, // [33:33] is the sub-list for extension type_name
 	33, // [33:33] is the sub-list for extension extendee
 	0,  // [0:33] is the sub-list for field type_name
@@ -4296,13 +4419,15 @@ func file_gantry_instances_v1_instances_proto_init() {
 	file_gantry_instances_v1_instances_proto_msgTypes[35].OneofWrappers = []any{}
 	file_gantry_instances_v1_instances_proto_msgTypes[36].OneofWrappers = []any{}
 	file_gantry_instances_v1_instances_proto_msgTypes[37].OneofWrappers = []any{}
+	file_gantry_instances_v1_instances_proto_msgTypes[38].OneofWrappers = []any{}
+	file_gantry_instances_v1_instances_proto_msgTypes[39].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_instances_v1_instances_proto_rawDesc), len(file_gantry_instances_v1_instances_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   49,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,7 @@ const (
 	InstanceService_GetToken_FullMethodName                         = "/gantry.instances.v1.InstanceService/GetToken"
 	InstanceService_GetTeeInstanceEvidence_FullMethodName           = "/gantry.instances.v1.InstanceService/GetTeeInstanceEvidence"
 	InstanceService_StreamLogs_FullMethodName                       = "/gantry.instances.v1.InstanceService/StreamLogs"
+	InstanceService_StreamStartupLogs_FullMethodName                = "/gantry.instances.v1.InstanceService/StreamStartupLogs"
 	InstanceService_DisableInstance_FullMethodName                  = "/gantry.instances.v1.InstanceService/DisableInstance"
 	InstanceService_DeleteInstance_FullMethodName                   = "/gantry.instances.v1.InstanceService/DeleteInstance"
 	InstanceService_CreateInstance_FullMethodName                   = "/gantry.instances.v1.InstanceService/CreateInstance"
@@ -114,6 +115,14 @@ type InstanceServiceClient interface {
 	// 400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
 	// log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
 	StreamLogs(ctx context.Context, in *StreamLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamLogsResponse], error)
+	// GET /miner/instance_logs?cursor=, the miner CLI's startup logs: launch-JWT auth (the raw token in
+	// `authorization`, "Bearer" optional; its `sub` names the launch config). Public chutes only (403 "Logs are only
+	// available for public chutes."), only before activation (403 "Instance has already been activated; logs are no
+	// longer available."); 404 unknown config; 422 a failed launch without an instance; 400 a malformed cursor.
+	// Waits for the config's instance, then relays its log endpoint (backfill 10000) with `cursor` (the first 19
+	// characters of the line's timestamp) added to each line's JSON, skipping lines at or before `cursor`; ends
+	// after the line containing "Instance activated:" or after 300 s. REST writes each message's `raw` bytes.
+	StreamStartupLogs(ctx context.Context, in *StreamStartupLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamStartupLogsResponse], error)
 	// POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
 	// "instances", the caller's instance (404 otherwise). Sets active = false; verified is untouched.
 	DisableInstance(ctx context.Context, in *DisableInstanceRequest, opts ...grpc.CallOption) (*DisableInstanceResponse, error)
@@ -323,6 +332,25 @@ func (c *instanceServiceClient) StreamLogs(ctx context.Context, in *StreamLogsRe
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type InstanceService_StreamLogsClient = grpc.ServerStreamingClient[StreamLogsResponse]
 
+func (c *instanceServiceClient) StreamStartupLogs(ctx context.Context, in *StreamStartupLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamStartupLogsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &InstanceService_ServiceDesc.Streams[3], InstanceService_StreamStartupLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamStartupLogsRequest, StreamStartupLogsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type InstanceService_StreamStartupLogsClient = grpc.ServerStreamingClient[StreamStartupLogsResponse]
+
 func (c *instanceServiceClient) DisableInstance(ctx context.Context, in *DisableInstanceRequest, opts ...grpc.CallOption) (*DisableInstanceResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DisableInstanceResponse)
@@ -428,6 +456,14 @@ type InstanceServiceServer interface {
 	// 400 backfill; 403 "You may only view logs for your own (private) chutes."; 404; 503 (UNAVAILABLE) when the
 	// log endpoint cannot be reached, stops answering (idle timeout) or fails mid-stream.
 	StreamLogs(*StreamLogsRequest, grpc.ServerStreamingServer[StreamLogsResponse]) error
+	// GET /miner/instance_logs?cursor=, the miner CLI's startup logs: launch-JWT auth (the raw token in
+	// `authorization`, "Bearer" optional; its `sub` names the launch config). Public chutes only (403 "Logs are only
+	// available for public chutes."), only before activation (403 "Instance has already been activated; logs are no
+	// longer available."); 404 unknown config; 422 a failed launch without an instance; 400 a malformed cursor.
+	// Waits for the config's instance, then relays its log endpoint (backfill 10000) with `cursor` (the first 19
+	// characters of the line's timestamp) added to each line's JSON, skipping lines at or before `cursor`; ends
+	// after the line containing "Instance activated:" or after 300 s. REST writes each message's `raw` bytes.
+	StreamStartupLogs(*StreamStartupLogsRequest, grpc.ServerStreamingServer[StreamStartupLogsResponse]) error
 	// POST /instances/{chute_id}/{instance_id}/disable, "Disable Instance Endpoint": hotkey auth, purpose
 	// "instances", the caller's instance (404 otherwise). Sets active = false; verified is untouched.
 	DisableInstance(context.Context, *DisableInstanceRequest) (*DisableInstanceResponse, error)
@@ -497,6 +533,9 @@ func (UnimplementedInstanceServiceServer) GetTeeInstanceEvidence(context.Context
 }
 func (UnimplementedInstanceServiceServer) StreamLogs(*StreamLogsRequest, grpc.ServerStreamingServer[StreamLogsResponse]) error {
 	return status.Error(codes.Unimplemented, "method StreamLogs not implemented")
+}
+func (UnimplementedInstanceServiceServer) StreamStartupLogs(*StreamStartupLogsRequest, grpc.ServerStreamingServer[StreamStartupLogsResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamStartupLogs not implemented")
 }
 func (UnimplementedInstanceServiceServer) DisableInstance(context.Context, *DisableInstanceRequest) (*DisableInstanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DisableInstance not implemented")
@@ -798,6 +837,17 @@ func _InstanceService_StreamLogs_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type InstanceService_StreamLogsServer = grpc.ServerStreamingServer[StreamLogsResponse]
 
+func _InstanceService_StreamStartupLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamStartupLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(InstanceServiceServer).StreamStartupLogs(m, &grpc.GenericServerStream[StreamStartupLogsRequest, StreamStartupLogsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type InstanceService_StreamStartupLogsServer = grpc.ServerStreamingServer[StreamStartupLogsResponse]
+
 func _InstanceService_DisableInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DisableInstanceRequest)
 	if err := dec(in); err != nil {
@@ -960,6 +1010,11 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "StreamLogs",
 			Handler:       _InstanceService_StreamLogs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamStartupLogs",
+			Handler:       _InstanceService_StreamStartupLogs_Handler,
 			ServerStreams: true,
 		},
 	},
