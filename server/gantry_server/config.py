@@ -199,7 +199,7 @@ class Settings:
         kw.update(_tls_from_env(get))
         embedded = "database_url" not in kw or "redis_url" not in kw
         kw["broker"] = _broker_from_env(get, embedded=embedded, loopback=all(
-            _loopback(kw.get(name, getattr(cls, name))) for name in ("grpc_addr", "http_addr")))
+            is_loopback(kw.get(name, getattr(cls, name))) for name in ("grpc_addr", "http_addr")))
         kw["attestation"] = _attestation_from_env(get)
         kw["launch"] = _launch_from_env(get)
         kw["miner"] = _miner_from_env(get)
@@ -255,10 +255,13 @@ def _positive(name: str, raw: str, cast=float):
     return value
 
 
-def _loopback(addr: str) -> bool:
-    """host:port on a loopback address ("localhost", 127.0.0.0/8, ::1); a name like 127.example.com is not."""
+def is_loopback(addr: str | None) -> bool:
+    """host:port on a loopback address ("localhost", 127.0.0.0/8, ::1); a name like 127.example.com is not. No
+    address (a listener that is off) counts as loopback: it exposes nothing."""
     import ipaddress
 
+    if not addr:
+        return True
     host = addr.rpartition(":")[0].strip("[]")
     if host == "localhost":
         return True

@@ -15,7 +15,7 @@ import ssl
 
 import grpc
 
-from .config import ConfigError, Settings, _loopback
+from .config import ConfigError, Settings, is_loopback
 
 
 def enabled(settings: Settings) -> bool:
@@ -52,7 +52,7 @@ def refuse_public_plaintext(settings: Settings, listeners: dict[str, str | None]
     GANTRY_ALLOW_PLAINTEXT says a TLS-terminating proxy stands in front."""
     if enabled(settings) or settings.allow_plaintext:
         return
-    public = [f"{name}={addr}" for name, addr in listeners.items() if addr and not _loopback(addr)]
+    public = [f"{name}={addr}" for name, addr in listeners.items() if addr and not is_loopback(addr)]
     if public:
         raise ConfigError(f"refusing to listen without TLS on {', '.join(public)}: set GANTRY_TLS_CERT_FILE and "
                           "GANTRY_TLS_KEY_FILE, or GANTRY_ALLOW_PLAINTEXT=true behind a TLS-terminating proxy")

@@ -1,7 +1,6 @@
 """Build the broker for one process: providers, inventory, sessions, lifecycle; start and stop them in order."""
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 from dataclasses import replace
@@ -11,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..config import ConfigError, Settings
+from ..config import ConfigError, Settings, is_loopback
 from ..runtime import Runtime
 from ..store.models import broker_meta
 
@@ -32,23 +31,11 @@ async def deployment_id(engine: AsyncEngine, configured: str | None) -> str:
         return (await conn.execute(select(broker_meta.c.value).where(broker_meta.c.key == "deployment_id"))).scalar_one()
 
 
-def _loopback(addr: str | None) -> bool:
-    if not addr:
-        return True
-    host = addr.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_simulated_is_local(settings: Settings) -> None:
     """A simulated instance is a shell on this machine for whoever creates a session (broker RPCs take no
     credentials, as in the reference): allowed only while Gantry listens on loopback."""
     if "simulated" in settings.broker.providers and not (
-            _loopback(settings.grpc_addr) and _loopback(settings.http_addr)):
+            is_loopback(settings.grpc_addr) and is_loopback(settings.http_addr)):
         raise ConfigError("the simulated GPU provider gives whoever creates a session a shell on this machine; "
                           "it is only allowed when GANTRY_GRPC_ADDR and GANTRY_HTTP_ADDR are loopback addresses "
                           "(set GANTRY_BROKER_PROVIDERS to real providers, or to nothing, to listen elsewhere)")
