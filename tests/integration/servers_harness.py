@@ -155,8 +155,10 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 
 
 @asynccontextmanager
-async def servers_world(database_url: str, redis_url: str, tmp: Path, *, launch=None,
+async def servers_world(database_url: str, redis_url: str, tmp: Path, *, launch=None, trusted_proxies=(),
                         **attestation) -> AsyncIterator[ServersWorld]:
+    """`trusted_proxies` (e.g. ("127.0.0.1/32",)) lets the tests forward `x-client-cert` as a TLS terminator does,
+    for `client_cert_binding=True`."""
     kit = QuoteKit.create(ISSUED)
     (tmp / "collateral").mkdir()
     (tmp / "collateral" / "test_collateral.json").write_text(kit.collateral_json())
@@ -170,6 +172,8 @@ async def servers_world(database_url: str, redis_url: str, tmp: Path, *, launch=
             **({"attestation_allow_private_hosts": True, "gpu_evidence_verifier": GPU_VERIFIER} | attestation))
         clock = ManualClock(NOW)
         extra = {"launch": launch} if launch is not None else {}
+        if trusted_proxies:
+            extra["trusted_proxies"] = tuple(trusted_proxies)
         app = GantryApp(make_settings(database_url, redis_url, tmp / "data", attestation=cfg, **extra), clock=clock)
         await app.start()
         try:

@@ -60,27 +60,34 @@ class MeasurementEntry:
 
 def problems(*, name: str, version: str, mrtd: str, boot_rtmrs, runtime_rtmrs, expected_gpus=(),
              gpu_count: int | None = None) -> list[tuple[str, str]]:
-    """(field, description) for every invalid part of an entry."""
+    """(field, description) for every invalid part of an entry; values of the wrong JSON type (a number for a
+    string, a string for a list) are invalid parts too, so a hand-written file gets a line, never a traceback."""
     out: list[tuple[str, str]] = []
-    if not _NAME.match(name or ""):
+    if not (isinstance(name, str) and _NAME.match(name)):
         out.append(("name", "1-128 of [A-Za-z0-9_.-], starting alphanumeric"))
-    if not (version or "").strip() or len(version) > 64:
+    if not (isinstance(version, str) and version.strip() and len(version) <= 64):
         out.append(("version", "required, at most 64 characters"))
-    if not _HEX48.match((mrtd or "").strip()):
+    if not _is_register(mrtd):
         out.append(("mrtd", "must be 96 hex characters (48 bytes)"))
     for field, rtmrs in (("boot_rtmrs", boot_rtmrs), ("runtime_rtmrs", runtime_rtmrs)):
-        rtmrs = list(rtmrs)
-        if len(rtmrs) != 4:
+        if not isinstance(rtmrs, (list, tuple)) or len(rtmrs) != 4:
             out.append((field, "must list exactly 4 values (RTMR0..RTMR3)"))
-        for i, value in enumerate(rtmrs):
-            if not _HEX48.match((value or "").strip()):
+        for i, value in enumerate(rtmrs if isinstance(rtmrs, (list, tuple)) else ()):
+            if not _is_register(value):
                 out.append((f"{field}[{i}]", "must be 96 hex characters (48 bytes)"))
-    for i, gpu in enumerate(expected_gpus):
-        if not (gpu or "").strip() or len(gpu) > 64:
-            out.append((f"expected_gpus[{i}]", "must be a non-empty gpu_identifier of at most 64 characters"))
-    if gpu_count is not None and not 0 < gpu_count <= 64:
+    if not isinstance(expected_gpus, (list, tuple)):
+        out.append(("expected_gpus", "must be a list of gpu_identifier strings"))
+    else:
+        for i, gpu in enumerate(expected_gpus):
+            if not (isinstance(gpu, str) and gpu.strip() and len(gpu) <= 64):
+                out.append((f"expected_gpus[{i}]", "must be a non-empty gpu_identifier of at most 64 characters"))
+    if gpu_count is not None and (type(gpu_count) is not int or not 0 < gpu_count <= 64):
         out.append(("gpu_count", "must be 1..64 when set"))
     return out
+
+
+def _is_register(value) -> bool:
+    return isinstance(value, str) and bool(_HEX48.match(value.strip()))
 
 
 def load_file(path: Path) -> list[MeasurementEntry]:
