@@ -51,47 +51,23 @@ from google.protobuf import json_format
 from gantry.admin.v1 import admin_pb2, admin_pb2_grpc
 from gantry_client import connect
 
+from .cli_tools.common import RefuseSecret, UsageError, add_connection_options, resolve_addr
+from .cli_tools.common import Parser as _Parser
+from .cli_tools.common import tls_files as _tls_files
+
 PROG = "gantry admin"
-DEFAULT_ADDR = "127.0.0.1:50051"
 EXIT_OK, EXIT_RPC, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A command line the CLI cannot run (exit 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-class _RefuseToken(argparse.Action):
-    """A token typed as an argument is in `ps` and shell history for every local user to read."""
-
-    def __init__(self, option_strings, dest, **kw) -> None:
-        kw.pop("default", None)
-        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        raise UsageError("--token is not accepted: a token on the command line is visible to every local user "
-                         "(ps); set GANTRY_ADMIN_TOKEN or pass --token-file PATH")
 
 
 def _common(defaults: bool) -> argparse.ArgumentParser:
     """The shared options, accepted before or after the command (leaf copies default to SUPPRESS)."""
     p = _Parser(add_help=False)
     d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
-    p.add_argument("--addr", default=d(None), help="server host:port (GANTRY_GRPC_ADDR, default 127.0.0.1:50051)")
+    add_connection_options(p, d)
     p.add_argument("--token-file", default=d(None),
                    help="file holding the admin token (else GANTRY_ADMIN_TOKEN, else GANTRY_DATA_DIR/admin_token)")
-    p.add_argument("--token", action=_RefuseToken, help=argparse.SUPPRESS)
-    p.add_argument("--ca-file", default=d(None),
-                   help="TLS to the server, verified by this CA certificate (GANTRY_CA_FILE; plaintext without)")
-    p.add_argument("--cert-file", default=d(None),
-                   help="client certificate for a server that requires one, mTLS (GANTRY_CERT_FILE)")
-    p.add_argument("--key-file", default=d(None), help="the client certificate's key (GANTRY_KEY_FILE)")
-    p.add_argument("--json", action="store_true", default=d(False), help="print one JSON object")
-    p.add_argument("--timeout", type=float, default=d(30.0), help="seconds per RPC (default 30)")
+    p.add_argument("--token", action=RefuseSecret, instead="set GANTRY_ADMIN_TOKEN or pass --token-file PATH",
+                   help=argparse.SUPPRESS)
     return p
 
 
@@ -270,20 +246,6 @@ def resolve_token(token_file: str | None) -> str:
     return token
 
 
-def _tls_files(args) -> dict:
-    """--ca-file / --cert-file / --key-file, else GANTRY_CA_FILE / GANTRY_CERT_FILE / GANTRY_KEY_FILE."""
-    files = {}
-    for flag, env in (("ca_file", "GANTRY_CA_FILE"), ("cert_file", "GANTRY_CERT_FILE"),
-                      ("key_file", "GANTRY_KEY_FILE")):
-        if value := getattr(args, flag) or os.environ.get(env):
-            if not Path(value).is_file():
-                raise UsageError(f"--{flag.replace('_', '-')} / {env}: no such file {value!r}")
-            files[flag] = value
-    if ("cert_file" in files) != ("key_file" in files) or (files and "ca_file" not in files):
-        raise UsageError("--cert-file and --key-file go together, and need --ca-file")
-    return files
-
-
 # -- commands: each returns the rows it shows ------------------------------------------------------------------
 async def _user_create(stub, args, timeout):
     request = admin_pb2.CreateUserRequest(username=args.username)
@@ -441,7 +403,7 @@ async def amain(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     try:
         token = resolve_token(args.token_file)
-        addr = args.addr or os.environ.get("GANTRY_GRPC_ADDR") or DEFAULT_ADDR
+        addr = resolve_addr(args)
         async with connect(addr, admin_token=token, **_tls_files(args)) as channel:
             row = await COMMANDS[(args.area, args.action)](admin_pb2_grpc.AdminServiceStub(channel), args,
                                                            args.timeout)
