@@ -11,4 +11,5 @@ BENCH_ENV = {
     "GANTRY_RATE_LIMITS": ",".join(f"{bucket}=off" for bucket in DEFAULT_RATE_LIMITS),
     "GANTRY_STREAMS_PER_CALLER": "100000",
     "GANTRY_STREAMS_PER_PROCESS": "100000",
+    "GANTRY_WORKERS": "1",  # one server process, as the figures in docs/performance.md; bench/run.py --workers N
 }

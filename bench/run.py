@@ -2,6 +2,12 @@
 
     python bench/run.py                      # every scenario, 10 s each at concurrency 64
     python bench/run.py --duration 5 --only unary_trivial
+    python bench/run.py --workers 2 --only unary_trivial    # `gantry serve --workers 2`
+
+With --workers (any count, 1 included, so runs compare like with like) the provider is Vast.ai at an address
+that refuses connections: the simulated provider runs in one worker only, and these RPCs never reach a
+provider. Every run reports the event-loop stalls the server's workers logged (lag above 50 ms,
+gantry_server/looplag.py).
 
 The server runs in its own process (all interceptors on, JSON request logging to a file) on real
 PostgreSQL and Redis (embedded, or GANTRY_DATABASE_URL / GANTRY_REDIS_URL); the load generator is ghz
@@ -95,11 +101,52 @@ def run_ghz(addr: str, call: str, data: str, concurrency: int, duration: int) ->
             "errors": errors}
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU of `gantry serve` and its workers (not PostgreSQL/Redis): robust to a busy machine,
+    unlike QPS."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            if proc.pid == pid or "gantry_server.cli" in " ".join(proc.cmdline()):
+                t = proc.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def loop_stalls(log: Path) -> list[tuple[float, float]]:
+    """(lag_ms, cpu_ms) of every `event loop stalled` line the server's processes logged (JSON log format):
+    cpu_ms well under lag_ms + 100 means the process was waiting for a core, not working (looplag.py)."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"event loop stalled"' in line:
+            try:
+                record = json.loads(line)
+                out.append((float(record["lag_ms"]), float(record["cpu_ms"])))
+            except (ValueError, KeyError):
+                pass
+    return out
+
+
+def describe_stalls(stalls: list[tuple[float, float]]) -> str:
+    if not stalls:
+        return "event-loop stalls above 50 ms while serving: 0"
+    own = max(min(lag, cpu) for lag, cpu in stalls)
+    worst = max(lag for lag, _ in stalls)
+    return (f"event-loop stalls above 50 ms while serving: {len(stalls)}, worst {worst:.0f} ms; "
+            f"the longest the loop's thread was itself busy within one: {own:.0f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--only", choices=sorted(SCENARIOS))
+    ap.add_argument("--workers", type=int, help="gantry serve --workers N (default: one process)")
     args = ap.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="gantry-bench-"))
@@ -107,6 +154,9 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k.startswith(("GANTRY_DATABASE", "GANTRY_REDIS")) or not k.startswith("GANTRY_")}
     env.update(GANTRY_GRPC_ADDR=addr, GANTRY_HTTP_ADDR=f"127.0.0.1:{free_port()}", GANTRY_DATA_DIR=str(data_dir),
                **BENCH_ENV)
+    if args.workers is not None:
+        env.update(GANTRY_WORKERS=str(args.workers), GANTRY_BROKER_PROVIDERS="vastai",
+                   GANTRY_VASTAI_API_KEY="bench", GANTRY_VASTAI_BASE_URL="http://127.0.0.1:9/api/v0")
     log = open(data_dir / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "gantry_server.cli", "serve"], env=env, stderr=log)
     rows = []
@@ -117,20 +167,26 @@ def main() -> None:
             if args.only and name != args.only:
                 continue
             run_ghz(addr, call, data, args.concurrency, 2)  # warm-up
+            cpu = server_cpu_seconds(server.pid)
             result = run_ghz(addr, call, data, args.concurrency, args.duration)
+            result["cpu_us"] = (server_cpu_seconds(server.pid) - cpu) / max(1, result["count"]) * 1e6
             rows.append((name, what, result))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
         log.close()
+        stalls = loop_stalls(data_dir / "server.log")
         shutil.rmtree(data_dir, ignore_errors=True)
 
     print(f"\nmachine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}; "
-          f"ghz -c {args.concurrency} --connections 4 -z {args.duration}s on loopback\n")
-    print("| scenario | what | QPS | p50 ms | p99 ms | errors |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"ghz -c {args.concurrency} --connections 4 -z {args.duration}s on loopback; "
+          f"gantry serve --workers {args.workers or 1}")
+    print(describe_stalls(stalls) + "\n")
+    print("| scenario | what | QPS | p50 ms | p99 ms | server CPU µs/call | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, what, r in rows:
-        print(f"| {name} | {what} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+        print(f"| {name} | {what} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us']:,.0f} "
+              f"| {r['errors']} |")
 
 
 if __name__ == "__main__":
