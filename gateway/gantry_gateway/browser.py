@@ -68,7 +68,7 @@ class BrowserGuard:
                 fetch_site = v.decode("latin-1").lower()
         if self.check_host and host is not None:
             name = _host_name(host)
-            if not (_is_ip(name) or name in self.host_names):
+            if not (name in self.host_names or _is_ip(name)):
                 return 403, (f"Host {host[:100]!r} is not a name this server answers to (with the simulated "
                              "provider only IP addresses, localhost or the listen host are: DNS rebinding)")
         if verb in _STATE_CHANGING:

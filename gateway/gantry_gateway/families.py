@@ -26,11 +26,20 @@ FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
 DEFAULT_FAMILY = BROKER
 
 
+_FAMILY_OF: dict[str, str] = {}  # per path seen; cleared when large (paths carry ids)
+
+
 def family_of(path: str) -> str:
+    found = _FAMILY_OF.get(path)
+    if found is not None:
+        return found
     best, best_len = DEFAULT_FAMILY, -1
     for prefix, family in FAMILY_PREFIXES:
         if path.startswith(prefix) and len(prefix) > best_len:
             best, best_len = family, len(prefix)
+    if len(_FAMILY_OF) >= 4096:
+        _FAMILY_OF.clear()
+    _FAMILY_OF[path] = best
     return best
 
 
@@ -69,6 +78,13 @@ UNARY: dict[str, Unary] = {
          "period_end", "currency"))),
     # GetInstanceNonce (bare JSON string) and ReleaseJob (JSON null) need no row: response_body does it.
 }
+
+# Reads whose service hands back one shared message per snapshot (services/inventory.py): the gateway renders
+# each such message once, keeps the bytes with an ETag, and answers `If-None-Match` with 304.
+CACHED_READS: frozenset[str] = frozenset({
+    "gantry.broker.v1.InventoryService.ListOffers",
+    "gantry.broker.v1.InventoryService.GetOffer",
+})
 
 # Server-streaming framings.
 SSE_ROWS = "sse_rows"  # data: {json}\n\n per row (miner lists)

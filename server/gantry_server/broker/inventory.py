@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -64,6 +65,7 @@ MISS_REFRESH_MIN_AGE_SECONDS = 5.0  # a GET of an unknown id refreshes the provi
 TEMPLATE_NOTE = "templates are only available for Vast.ai offers"
 
 _GPU_KEY = re.compile(r"[\s_-]+")
+_SERIALS = itertools.count(1)
 
 
 def gpu_key(gpu_type: str) -> str:
@@ -175,6 +177,10 @@ class InventoryOffer:
 class OfferPage:
     offers: Sequence[InventoryOffer]
     total: int  # matches before limit/offset
+    # The view (snapshot) the page was cut from: equal generations and equal filters give equal pages, so a
+    # caller may cache what it builds from a page under (generation, filter). None: not cacheable (template
+    # filters, whose result also depends on the template catalog).
+    generation: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -416,6 +422,7 @@ class Inventory:
         self._snapshot: FailureSnapshot | None = None
         self._failure_gen = 0
         self._view_cache: _View | None = None
+        self._serial = next(_SERIALS)  # view keys of two Inventory objects must never compare equal
         self.failures.subscribe(self._failures_changed)
 
     # ------------------------------------------------------------------ public API
@@ -464,7 +471,8 @@ class Inventory:
             rows = [r for r in rows if matches(conditions, view.host_properties(r))]
         start = f.offset or 0
         end = start + f.limit if f.limit else None
-        return OfferPage([InventoryOffer._of(r) for r in rows[start:end]], len(rows))
+        return OfferPage([InventoryOffer._of(r) for r in rows[start:end]], len(rows),
+                         None if conditions or f.template_hash_id else (self._serial, view.key))
 
     async def get_offer(self, offer_id: str) -> InventoryOffer:
         """The offer as the list shows it. Not cached: refresh its provider once (at most every 5 s), then
@@ -486,6 +494,13 @@ class Inventory:
             if row is not None:
                 return InventoryOffer._of(row)
         raise NotFound(f"offer not found: {offer_id}", reason="OFFER_NOT_FOUND")
+
+    @property
+    def generation(self) -> tuple | None:
+        """The current view's key: it changes with every listing, eviction, failure change and staleness step,
+        so an answer built from the view (get_offer's just now) may be cached under it."""
+        view = self._view_cache
+        return (self._serial, view.key) if view is not None else None
 
     async def provider_offer(self, offer_id: str) -> ProviderOffer:
         """The provider's own offer behind an inventory id (what create_instance takes); errors as get_offer."""

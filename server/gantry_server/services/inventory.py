@@ -2,6 +2,12 @@
 
 Proto <-> domain only; caching, filtering, confidence and failure health live in broker/inventory.py and
 broker/failures.py.
+
+Answers of one inventory snapshot do not change: ListOffers keeps the response it built per (snapshot
+generation, normalised filter) and GetOffer per (generation, id), in a bounded LRU, and returns the same message
+object again, so neither face rebuilds `Offer` messages per request and the REST gateway renders each such
+response once (gantry_gateway/app.py, ETag). A new listing, an eviction, a failure change or a staleness step
+is a new generation; template-filtered lists are not cached.
 """
 from __future__ import annotations
 
@@ -12,7 +18,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..broker.inventory import TEMPLATE_NOTE, InventoryOffer, OfferFilter
 from ..errors import InvalidArgument
+from ..lru import Lru
 from ..runtime import Runtime
+
+RESPONSE_CACHE_SIZE = 256  # distinct (generation, filter) answers kept; old generations age out
+RESPONSE_CACHE_OFFERS = 100_000  # and at most this many Offer messages in them (~30 MB)
 
 
 def inventory_of(rt: Runtime):
@@ -92,15 +102,31 @@ def _required_id(value: str) -> str:
 class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        # Shared messages, never mutated once cached; weighed by their offers.
+        self._responses: Lru = Lru(RESPONSE_CACHE_SIZE, max_weight=RESPONSE_CACHE_OFFERS)
 
     async def ListOffers(self, request, context):
-        page = await inventory_of(self.rt).list_offers(offer_filter(request))
-        return inventory_pb2.ListOffersResponse(offers=[offer_pb(o) for o in page.offers], count=len(page.offers),
-                                                total=page.total)
+        f = offer_filter(request)
+        page = await inventory_of(self.rt).list_offers(f)
+        key = ("list", page.generation, f) if page.generation is not None else None
+        if key is not None and (cached := self._responses.get(key)) is not None:
+            return cached
+        response = inventory_pb2.ListOffersResponse(offers=[offer_pb(o) for o in page.offers],
+                                                    count=len(page.offers), total=page.total)
+        if key is not None:
+            self._responses.put(key, response, weight=len(page.offers) + 1)
+        return response
 
     async def GetOffer(self, request, context):
-        offer = await inventory_of(self.rt).get_offer(_required_id(request.id))
-        return inventory_pb2.GetOfferResponse(offer=offer_pb(offer))
+        inventory = inventory_of(self.rt)
+        offer_id = _required_id(request.id)
+        offer = await inventory.get_offer(offer_id)
+        key = ("get", inventory.generation, offer_id)  # the view get_offer just read (no await since)
+        if (cached := self._responses.get(key)) is not None:
+            return cached
+        response = inventory_pb2.GetOfferResponse(offer=offer_pb(offer))
+        self._responses.put(key, response)
+        return response
 
     async def ListCompatibleTemplates(self, request, context):
         found = await inventory_of(self.rt).compatible_templates(_required_id(request.id))

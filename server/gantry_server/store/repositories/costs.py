@@ -1,28 +1,23 @@
 """broker_costs: one row per (session, clock hour), written once at termination; read by the cost summaries.
 
 Writes never overwrite (`ON CONFLICT DO NOTHING`), so a second termination path cannot change or add to what
-the first one recorded. Reads aggregate in SQL (one GROUPING SETS pass gives the total, per provider and per
-GPU type); the live part of still-running sessions is computed by `broker.costs`, not stored.
+the first one recorded. Reads are one statement per answer, on asyncpg directly: a summary aggregates in SQL
+(one GROUPING SETS pass gives the total, per provider and per GPU type) and lists, in the same statement, the
+running sessions with their recorded hours; the live part of those is computed by `broker.costs`, not stored.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import exists, func, select, tuple_
+from sqlalchemy import exists, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..models import TERMINAL_SESSION_STATUSES, broker_costs as c, broker_sessions as s
-
-# What cost accounting needs of a session row.
-_SESSION_COLUMNS = (s.c.id, s.c.consumer_id, s.c.provider, s.c.gpu_type, s.c.price_per_hour, s.c.status,
-                    s.c.billing_started_at)
-
+from ._driver import fetch
 
 async def lock_session(conn: AsyncConnection, session_id: str) -> bool:
     """Take the session row's lock for the rest of the transaction (False: no such session).
@@ -47,51 +42,82 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> 
     return list((await conn.execute(stmt)).scalars())
 
 
-async def get_session(conn: AsyncConnection, session_id: str) -> Row | None:
-    return (await conn.execute(select(*_SESSION_COLUMNS).where(s.c.id == session_id))).first()
+# ---- reads (GET /api/v1/costs): one constant statement each, straight through asyncpg (_driver.py) -----------------
+class CostSession(NamedTuple):
+    """What cost accounting reads of a session, with the hours already recorded for it."""
+
+    id: str
+    consumer_id: str
+    provider: str
+    gpu_type: str
+    price_per_hour: float
+    status: str
+    billing_started_at: datetime | None
+    recorded: frozenset  # hours (UTC) with a broker_costs row
+    recorded_amount: Decimal  # their sum
 
 
-async def session_rows(conn: AsyncConnection, session_id: str) -> list[Row]:
-    """(hour, amount, seconds) of one session's recorded rows."""
-    return list(await conn.execute(
-        select(c.c.hour, c.c.amount, c.c.seconds).where(c.c.session_id == session_id).order_by(c.c.hour)))
+class Total(NamedTuple):
+    """One line of a summary: level 1 per provider (gpu_type None), 2 per GPU type (provider None), 3 the total."""
+
+    provider: str | None
+    gpu_type: str | None
+    level: int
+    amount: Decimal | None
+    seconds: float | None
+    sessions: int
 
 
-async def live_sessions(conn: AsyncConnection, *, consumer_id: str = "", started_before: datetime) -> list[Row]:
-    """Sessions not yet terminal whose provider instance exists (billing started before `started_before`)."""
-    stmt = select(*_SESSION_COLUMNS).where(
-        s.c.status.not_in(TERMINAL_SESSION_STATUSES),
-        s.c.billing_started_at.is_not(None),
-        s.c.billing_started_at < started_before,
-    )
-    if consumer_id:
-        stmt = stmt.where(s.c.consumer_id == consumer_id)
-    return list(await conn.execute(stmt))
+_SESSION_SQL = (
+    f"SELECT s.id, s.consumer_id, s.provider, s.gpu_type, s.price_per_hour, s.status, s.billing_started_at, "
+    f"ARRAY(SELECT c.hour FROM {c.name} c WHERE c.session_id = s.id) AS hours, "
+    f"(SELECT coalesce(sum(c.amount), 0) FROM {c.name} c WHERE c.session_id = s.id) AS amount "
+    f"FROM {s.name} s")
+_TERMINAL = ", ".join(f"'{status}'" for status in TERMINAL_SESSION_STATUSES)
 
 
-async def recorded_hours(conn: AsyncConnection, session_ids: Iterable[str]) -> dict[str, set[datetime]]:
-    """The hours already recorded for each of these sessions (live accrual must not count them again)."""
-    ids = list(session_ids)
-    if not ids:
-        return {}
-    out: dict[str, set[datetime]] = defaultdict(set)
-    for sid, hour in await conn.execute(select(c.c.session_id, c.c.hour).where(c.c.session_id.in_(ids))):
-        out[sid].add(hour)
-    return out
+def _session(r) -> CostSession:
+    return CostSession(r["id"], r["consumer_id"], r["provider"], r["gpu_type"], r["price_per_hour"], r["status"],
+                       r["billing_started_at"], frozenset(r["hours"]), r["amount"])
 
 
-async def totals(conn: AsyncConnection, *, start: datetime, end: datetime, consumer_id: str = "") -> list[Row]:
-    """Recorded rows with `start <= hour < end`, aggregated three ways in one pass.
+async def cost_session(conn: AsyncConnection, session_id: str) -> CostSession | None:
+    """A session with its recorded hours and their sum, in one statement (one snapshot); None if unknown."""
+    rows = await fetch(conn, _SESSION_SQL + " WHERE s.id = $1", session_id)
+    return _session(rows[0]) if rows else None
 
-    Each row is (provider, gpu_type, level, amount, seconds, sessions): level 1 is a per-provider line
-    (gpu_type NULL), 2 a per-GPU-type line (provider NULL), 3 the grand total (always present, zeros as NULL).
-    """
-    level = func.grouping(c.c.provider, c.c.gpu_type).label("level")
-    stmt = select(c.c.provider, c.c.gpu_type, level, func.sum(c.c.amount).label("amount"),
-                  func.sum(c.c.seconds).label("seconds"), func.count(c.c.session_id.distinct()).label("sessions"))
-    stmt = stmt.where(c.c.hour >= start, c.c.hour < end)
-    if consumer_id:
-        stmt = stmt.where(c.c.consumer_id == consumer_id)
-    stmt = stmt.group_by(func.grouping_sets(tuple_(c.c.provider), tuple_(c.c.gpu_type), tuple_()))
-    return list(await conn.execute(stmt))
 
+def _summary_sql(by_consumer: bool) -> str:
+    mine_c = " AND consumer_id = $4" if by_consumer else ""
+    mine_s = " AND s.consumer_id = $4" if by_consumer else ""
+    return (
+        f"SELECT 1 AS part, provider, gpu_type, grouping(provider, gpu_type) AS level, sum(amount) AS total, "
+        f"sum(seconds) AS seconds, count(DISTINCT session_id) AS sessions, NULL::text AS id, "
+        f"NULL::text AS consumer_id, NULL::float8 AS price_per_hour, NULL::text AS status, "
+        f"NULL::timestamptz AS billing_started_at, NULL::timestamptz[] AS hours, NULL::numeric AS amount "
+        f"FROM {c.name} WHERE hour >= $1 AND hour < $2{mine_c} "
+        f"GROUP BY GROUPING SETS ((provider), (gpu_type), ()) "
+        f"UNION ALL "
+        f"SELECT 2, s.provider, s.gpu_type, NULL, NULL, NULL, NULL, s.id, s.consumer_id, s.price_per_hour, s.status, "
+        f"s.billing_started_at, ARRAY(SELECT c.hour FROM {c.name} c WHERE c.session_id = s.id), NULL "
+        f"FROM {s.name} s WHERE s.status NOT IN ({_TERMINAL}) AND s.billing_started_at IS NOT NULL "
+        f"AND s.billing_started_at < $3{mine_s}")
+
+
+_SUMMARY_SQL = {False: _summary_sql(False), True: _summary_sql(True)}
+
+
+async def summary(conn: AsyncConnection, *, start: datetime, end: datetime, started_before: datetime,
+                  consumer_id: str = "") -> tuple[list[Total], list[CostSession]]:
+    """In one statement (one snapshot, so a session terminating meanwhile is either live or recorded, never
+    both nor neither): the recorded rows with `start <= hour < end` aggregated per provider, per GPU type and
+    in total (the total line is always present, zeros as NULL), and the sessions not yet terminal whose
+    instance exists (billing started before `started_before`) with the hours already recorded for them."""
+    args = (start, end, started_before, consumer_id) if consumer_id else (start, end, started_before)
+    totals, live = [], []
+    for r in await fetch(conn, _SUMMARY_SQL[bool(consumer_id)], *args):
+        if r["part"] == 1:
+            totals.append(Total(r["provider"], r["gpu_type"], r["level"], r["total"], r["seconds"], r["sessions"]))
+        else:
+            live.append(_session(r))
+    return totals, live
