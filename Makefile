@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-dev gen lint bench clean
+.PHONY: run test setup setup-dev gen lint bench mutate faults clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -33,6 +33,16 @@ test: setup-dev
 ## bench: the load scenarios of bench/ (figures go to docs/performance.md)
 bench: setup-dev
 	$(BIN)/python bench/run.py
+
+## faults: the long fault run (kills, database restarts, Redis loss, provider faults; docs/reliability.md)
+## (FAULTS="--kills 20 --seed 7" to change it)
+faults: setup-dev
+	$(BIN)/python -m tests.faults.run $(or $(FAULTS),--kills 200 --db-restarts 5 --redis-restarts 2 --redis-flushes 2 --provider-faults 6 --load-seconds 1500)
+
+## mutate: mutation testing of the modules that handle money and trust (slow, not in `make test`; docs/testing.md)
+## (MODULES="costs binding" for some of them)
+mutate: setup-dev
+	$(BIN)/python scripts/mutate.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) .build

@@ -22,26 +22,34 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from gantry_server.http_rules import HttpBinding, bindings
 from gantry_server.metadata_keys import (BODY_SHA256, FORWARDED_FOR, FORWARDED_HEADERS, HTTP_METHOD, HTTP_PATH,
-                                        REQUEST_ID)
+                                        IDEMPOTENCY_KEY, REQUEST_ID)
 
 from . import families as fam
 from .browser import BrowserGuard
 from .dispatch import RpcFailed
 from .errors import Failure, plain_error, render_error, stream_error_payload
+from gantry_server.lru import Lru
+
 from .render import FieldRenderer, encoder_for
 from .routes import BadPathVariable, Match, Router
 from .transcode import RequestBuilder, TranscodeError, Violation, check_path_fields
 
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB, as the broker reference
+RENDER_CACHE_SIZE = 512  # rendered CACHED_READS responses kept
+RENDER_CACHE_BYTES = 64 << 20  # and at most this many body bytes
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _FORWARDED = frozenset(h.encode() for h in FORWARDED_HEADERS)
 _XFF = FORWARDED_FOR.encode()
+_IDEMPOTENCY_KEY = IDEMPOTENCY_KEY.encode()
 
 _BODY_VERBS = frozenset({"POST", "PUT", "PATCH"})  # methods whose raw body is hashed for signatures
 
 
+_PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*\Z")
+
+
 def _printable_ascii(value: bytes) -> bool:
-    return all(0x20 <= b < 0x7F for b in value)
+    return _PRINTABLE_ASCII.match(value) is not None
 
 
 @dataclass
@@ -55,10 +63,20 @@ class Endpoint:
     stream: fam.Stream | None
     success: int
     render: object  # message -> jsonable
+    cached: bool = False  # fam.CACHED_READS: rendered once per response object, ETag / If-None-Match
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _BadHeader(Exception):
+    """A header the API reads has a value that cannot be carried (not printable ASCII): refused, never dropped."""
+
+
+class _ClientGone(Exception):
+    """The client went away (or the server's read deadline closed the connection) before its body arrived: the
+    request is dropped, never dispatched with part of a body."""
 
 
 class Gateway:
@@ -82,7 +100,11 @@ class Gateway:
                 stream=fam.STREAMS.get(full, fam.Stream()) if b.method.server_streaming else None,
                 success=fam.SUCCESS_STATUS.get(full, 200),
                 render=FieldRenderer(out, b.response_body) if b.response_body else encoder_for(out),
+                cached=full in fam.CACHED_READS,
             )
+        # id(response) -> (response, status, headers, body, etag); the entry holds the message, so its id is not
+        # reused while cached. Services return one shared message per snapshot for CACHED_READS.
+        self._rendered: Lru = Lru(RENDER_CACHE_SIZE, max_weight=RENDER_CACHE_BYTES)
         self._openapi = openapi
         self._bindings = http_bindings
 
@@ -124,9 +146,14 @@ class Gateway:
         verb = scope["method"]
         try:
             await self._handle(scope, receive, send, verb, raw_path, family, rid)
+        except _ClientGone:
+            return
         except _BodyTooLarge:
             await self._send(send, rid, *plain_error(413, family, rid, "http: request body too large",
                                                      "Request body too large"))
+        except _BadHeader as exc:
+            message = f"header {exc}: must be printable ASCII"
+            await self._send(send, rid, *plain_error(400, family, rid, message))
 
     async def _handle(self, scope, receive, send, verb: str, raw_path: str, family: str, rid: str) -> None:
         if refused := self.browser.refusal(verb, scope["headers"]):
@@ -176,6 +203,9 @@ class Gateway:
         except RpcFailed as exc:
             await self._fail(send, family, rid, exc.failure)
             return
+        if endpoint.cached:
+            await self._send_cached(scope, send, rid, endpoint, response)
+            return
         await self._send(send, rid, *self._render_unary(endpoint, response))
 
     # ------------------------------------------------------------------ request side
@@ -191,7 +221,7 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise _ClientGone
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
@@ -207,6 +237,8 @@ class Gateway:
         md: list[tuple[str, str]] = []
         forwarded_for: list[str] = []
         for k, v in scope["headers"]:
+            if k == _IDEMPOTENCY_KEY and not _printable_ascii(v):  # dropped, the retry could never match it
+                raise _BadHeader("Idempotency-Key")
             if k in _FORWARDED and k != b"x-request-id" and _printable_ascii(v):
                 if k == _XFF:
                     forwarded_for.append(v.decode())
@@ -242,6 +274,26 @@ class Gateway:
             field, when_set, when_unset = spec.keys_by_presence
             body = {k: body[k] for k in (when_set if response.HasField(field) else when_unset)}
         return status, [(b"content-type", b"application/json")], orjson.dumps(body)
+
+    async def _send_cached(self, scope, send, rid: str, ep: Endpoint, response) -> None:
+        """A CACHED_READS answer: bytes and ETag rendered once per response object; 304 when the client has them."""
+        entry = self._rendered.get(id(response))
+        if entry is None or entry[0] is not response:
+            status, headers, body = self._render_unary(ep, response)
+            etag = b'"' + hashlib.blake2b(body, digest_size=16).hexdigest().encode() + b'"'
+            entry = (response, status, headers + [(b"etag", etag)], body, etag)
+            self._rendered.put(id(response), entry, weight=len(body))
+        _, status, headers, body, etag = entry
+        if status == 200:
+            for k, v in scope["headers"]:
+                if k == b"if-none-match":
+                    if _etag_matches(v, etag):
+                        await send({"type": "http.response.start", "status": 304,
+                                    "headers": [(b"etag", etag), (b"x-request-id", rid.encode())]})
+                        await send({"type": "http.response.body", "body": b""})
+                        return
+                    break
+        await self._send(send, rid, status, headers, body)
 
     async def _fail(self, send, family: str, rid: str, failure: Failure) -> None:
         await self._send(send, rid, *render_error(failure, family, rid))
@@ -336,6 +388,13 @@ class Gateway:
     async def _start_stream(self, ep: Endpoint, rid: str, send) -> None:
         headers = self._stream_headers(ep) + [(b"x-request-id", rid.encode())]
         await send({"type": "http.response.start", "status": ep.success, "headers": headers})
+
+
+def _etag_matches(header: bytes, etag: bytes) -> bool:
+    """If-None-Match (RFC 9110 13.1.2): `*`, or a comma list of entity tags compared weakly."""
+    if header.strip() == b"*":
+        return True
+    return any(tag.strip().removeprefix(b"W/") == etag for tag in header.split(b","))
 
 
 def _accepts_event_stream(scope) -> bool:

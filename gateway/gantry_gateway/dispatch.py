@@ -20,6 +20,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from grpc_status import rpc_status
 
+from gantry_server import tracing
 from gantry_server.errors import GantryError, internal_status, to_rpc_status
 from gantry_server.interceptors.chain import bind
 from gantry_server.metadata_keys import CLIENT_CERT
@@ -136,6 +137,7 @@ class RemoteDispatcher:
 
     @staticmethod
     def _metadata(metadata: tuple, peer: str) -> tuple:
+        metadata += tracing.outgoing_metadata()  # the gateway's span, so the upstream's RPC span joins its trace
         ip = peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]") if ":" in peer else ""
         # The upstream believes x-client-cert from this gateway (a trusted proxy): only the certificate this
         # gateway's own TLS handshake verified is forwarded, never one a client wrote in a header.

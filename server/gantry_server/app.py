@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
-from . import embedded, tls
+from . import embedded, tls, tracing
 from .clock import Clock, SystemClock
 from .config import ConfigError, Settings, check_admin_token
+from .dependencies import DependencyWatcher
 from .domain.auth.launch_tokens import LaunchTokenKeys
 from .domain.events.hub import EventHub
 from .domain.events.relay import OutboxRelay
@@ -27,7 +29,7 @@ from .domain.secrets_at_rest import Keyring, SecretsError, load_keyring, write_s
 from .broker.wiring import start_broker, stop_broker
 from .interceptors import ObservabilityInterceptor
 from .interceptors.auth import AuthInterceptor
-from .interceptors.chain import instrument
+from .interceptors.chain import instrument, safe_registration
 from .runtime import Runtime
 from .services.registry import SERVICES
 from .store import db, migrate
@@ -97,6 +99,11 @@ class GantryApp:
         self.interceptors: list = [ObservabilityInterceptor(), AuthInterceptor(lambda: self.rt)]
         self.servicers: dict[str, object] = {}  # service full name -> servicer instance
         self.http = None  # the REST gateway (gantry_gateway.HttpServer), same event loop and servicers
+        # `gantry serve --workers N` (workers.py): listeners shared with sibling processes (SO_REUSEPORT), and
+        # the group's readiness, without which this process does not say SERVING.
+        self.reuse_port = False
+        self.peers = None  # workers.Peers
+        self.dependencies: DependencyWatcher | None = None  # PostgreSQL/Redis probes while serving
 
     async def start(self) -> None:
         """Start everything; on any failure undo what was started and re-raise."""
@@ -109,15 +116,25 @@ class GantryApp:
     async def _start(self) -> None:
         s = self.settings
         tls.refuse_public_plaintext(s, {"GANTRY_GRPC_ADDR": s.grpc_addr, "GANTRY_HTTP_ADDR": s.http_addr})
+        if not self.reuse_port:  # a taken port: one line before anything starts (a worker's port is held for it)
+            from .workers import check_free
+
+            check_free("GANTRY_GRPC_ADDR", s.grpc_addr)
+            if s.http_addr:
+                check_free("GANTRY_HTTP_ADDR", s.http_addr)
+        tracing.configure()  # on only when the OTEL_* variables ask for it (docs/observability.md)
         if s.embedded:
             self.embedded = await asyncio.to_thread(
                 embedded.start, Path(s.data_dir),
                 need_postgres=s.database_url is None, need_redis=s.redis_url is None)
         database_url = s.database_url or self.embedded.database_url
         redis_url = s.redis_url or self.embedded.redis_url
-        engine = db.create_engine(database_url, pool_size=s.db_pool_size)
+        process_id = f"gantry-{os.getpid()}-{secrets.token_hex(4)}"  # pid: an operator can tell whose lease
+        engine = db.create_engine(database_url, pool_size=s.db_pool_size, application_name=process_id)
         redis = Redis.from_url(redis_url)
+        tracing.instrument_stores(engine, redis)
         self.rt = Runtime(settings=s, engine=engine, redis=redis, clock=self.clock, admin_token=_admin_token(s),
+                          process_id=process_id,
                           keyring=_keyring(s))
         self.rt.events = EventHub(redis, buffer=s.miner.events_subscriber_buffer)
         self.rt.events_relay = OutboxRelay(engine, redis, self.clock, s.miner)
@@ -126,7 +143,7 @@ class GantryApp:
 
         self.server = aio.server(
             options=[
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
                 # Calls that arrived but wait for the Python side: C-core cancels them past 1,000 (soft) /
@@ -140,25 +157,30 @@ class GantryApp:
         for spec in SERVICES:
             servicer = instrument(spec.servicer_class()(self.rt), spec.descriptor, self.interceptors)
             self.servicers[spec.full_name] = servicer
-            spec.add_to_server(servicer, self.server)
+            spec.add_to_server(servicer, safe_registration(self.server))
             names.append(spec.full_name)
             await self.health.set(spec.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(
-            instrument(self.health, health_pb2.DESCRIPTOR.services_by_name["Health"], self.interceptors), self.server)
+            instrument(self.health, health_pb2.DESCRIPTOR.services_by_name["Health"], self.interceptors),
+            safe_registration(self.server))
         reflection.enable_server_reflection(names, self.server)
         credentials = tls.grpc_credentials(s)
-        self.grpc_port = (self.server.add_secure_port(s.grpc_addr, credentials) if credentials is not None
-                          else self.server.add_insecure_port(s.grpc_addr))
+        try:
+            self.grpc_port = (self.server.add_secure_port(s.grpc_addr, credentials) if credentials is not None
+                              else self.server.add_insecure_port(s.grpc_addr))
+        except RuntimeError:  # grpcio >= 1.58 raises where it returned 0 ("Failed to bind to address")
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise OSError(f"cannot listen on GANTRY_GRPC_ADDR={s.grpc_addr}")
+            raise OSError(f"cannot listen on GANTRY_GRPC_ADDR={s.grpc_addr}: address in use or not available")
         await self.server.start()
         log.info("grpc listening", extra={"addr": self.grpc_addr})
         if s.http_addr:  # before migrations, so /health answers 503 (not "connection refused") while starting
-            from gantry_gateway import HttpServer, in_process_gateway
+            from gantry_gateway import HttpLimits, HttpServer, in_process_gateway
 
             self.http = HttpServer(in_process_gateway(self, max_body_bytes=s.http_max_body_bytes), s.http_addr,
-                                   ssl_context=tls.ssl_context(s))
+                                   ssl_context=tls.ssl_context(s), limits=HttpLimits.for_settings(s))
+            self.http.reuse_port = self.reuse_port
             await self.http.start()
             log.info("http listening", extra={"addr": self.http_addr})
 
@@ -173,11 +195,30 @@ class GantryApp:
         if s.broker.background_loops:
             self.rt.lifecycle.start()
         self.rt.state.lifecycle_running = True
+        if self.peers is not None:
+            await self.peers.start(self)
         self.rt.state.ready = True
-        for spec in SERVICES:
-            await self.health.set(spec.full_name, health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.publish_health()
+        self.dependencies = DependencyWatcher(engine, redis, self._database_changed)
+        self.dependencies.start()
         log.info("serving", extra={"addr": self.grpc_addr, "embedded": s.embedded})
+
+    async def _database_changed(self, ok: bool) -> None:
+        """PostgreSQL down: NOT_SERVING (gRPC health, /health, /ready) until it answers again."""
+        if self.rt is None or not self.rt.state.self_ready:
+            return
+        self.rt.state.database_ok = ok
+        await self.publish_health()
+
+    async def publish_health(self) -> None:
+        """gRPC health from the state /health and /ready read: SERVING when this process (and every sibling
+        worker) is ready and PostgreSQL answers."""
+        state = self.rt.state if self.rt is not None else None
+        ok = state is not None and state.ready and state.database_ok
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        for spec in SERVICES:
+            await self.health.set(spec.full_name, status)
+        await self.health.set("", status)
 
     @property
     def grpc_addr(self) -> str:
@@ -190,9 +231,15 @@ class GantryApp:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self.peers is not None:  # first: siblings stop saying SERVING while this one drains
+            await self.peers.stop()
+        if self.dependencies is not None:
+            await self.dependencies.stop()
+            self.dependencies = None
         if self.rt is not None:
             self.rt.state.ready = False
             self.rt.state.lifecycle_running = False
+            self.rt.state.stopping.set()  # WatchSession streams end now, with a final message
         await self.health.enter_graceful_shutdown()
         if self.rt is not None and self.rt.events is not None:
             await self.rt.events.stop()  # ends every event stream, so draining does not wait on them

@@ -1,4 +1,4 @@
-"""`gantry serve | migrate | admin ...`: the one entry point.
+"""`gantry serve | migrate | admin | gpu | miner ...`: the one entry point.
 
 Configuration errors and unreachable dependencies end the process with one clear line on stderr and exit
 code 2, never a traceback.
@@ -11,9 +11,7 @@ import signal
 import sys
 
 from . import logs, tls
-from .app import GantryApp, RedisUnreachable, tune_gc
 from .config import ConfigError, Settings
-from .store.db import DatabaseUnreachable
 
 EXIT_CONFIG = 2
 
@@ -34,18 +32,33 @@ def _run(coro) -> None:
         asyncio.run(coro)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, seat=None) -> None:
+    """One server process: alone, or the worker `seat` (workers.WorkerSeat) of `gantry serve --workers N`."""
+    import os
+
+    from .app import GantryApp, tune_gc
+    from .looplag import LoopLagMonitor
+    from .workers import WORKER_INFO, Peers
+
     app = GantryApp(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    WORKER_INFO.info({"index": str(seat.index if seat else 0), "pid": str(os.getpid())})
+    if seat is not None:
+        app.reuse_port = True
+        app.peers = Peers(seat, on_orphaned=stop.set)
     await app.start()
     tune_gc()
-    print(f"gantry: serving gRPC on {app.grpc_addr}", file=sys.stderr, flush=True)
-    if app.http_addr:
-        print(f"gantry: serving REST on {app.http_addr}", file=sys.stderr, flush=True)
+    lag = LoopLagMonitor()
+    lag.start()
+    if seat is None:  # a group's supervisor announces the group once every worker serves
+        print(f"gantry: serving gRPC on {app.grpc_addr}", file=sys.stderr, flush=True)
+        if app.http_addr:
+            print(f"gantry: serving REST on {app.http_addr}", file=sys.stderr, flush=True)
     await stop.wait()
+    await lag.stop()
     await app.stop()
 
 
@@ -54,9 +67,12 @@ async def _gateway(settings: Settings, upstream: str, ca_file: str | None = None
     """The REST gateway alone, in front of a remote gRPC server: TLS to it when `ca_file` is given, presenting
     `cert_file`/`key_file` to an upstream that requires client certificates (mTLS)."""
     from gantry_client import tls_credentials
-    from gantry_gateway import HttpServer, remote_gateway
+    from gantry_gateway import HttpLimits, HttpServer, remote_gateway
+
+    from . import tracing
 
     tls.refuse_public_plaintext(settings, {"GANTRY_HTTP_ADDR": settings.http_addr})
+    tracing.configure()  # OTEL_* variables, as `gantry serve`
     # As `gantry serve`: with the simulated provider (a shell on the upstream's machine) only on loopback.
     from .broker.wiring import check_simulated_is_local
     from gantry_gateway.browser import BrowserGuard
@@ -74,7 +90,8 @@ async def _gateway(settings: Settings, upstream: str, ca_file: str | None = None
             raise ConfigError(f"cannot read {exc.filename!r}: {exc.strerror}") from None
     gateway = remote_gateway(upstream, credentials=credentials, max_body_bytes=settings.http_max_body_bytes,
                              browser=BrowserGuard.for_settings(settings))
-    http = HttpServer(gateway, settings.http_addr, ssl_context=tls.ssl_context(settings))
+    http = HttpServer(gateway, settings.http_addr, ssl_context=tls.ssl_context(settings),
+                      limits=HttpLimits.for_settings(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,12 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gantry", description="Gantry control plane")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("admin", help="operator commands against a running server over gRPC (gantry admin --help)")
+    sub.add_parser("gpu", help="rent a GPU, ssh to it, end it, see its cost (gantry gpu --help)")
+    sub.add_parser("miner", help="a miner hotkey's events, chutes, jobs, stats, scores, servers (gantry miner --help)")
     rest = sys.argv[1:] if argv is None else list(argv)
     if rest[:1] == ["admin"]:  # its own parser and exit codes, and no server settings needed
         from . import admin_cli
 
         return admin_cli.main(rest[1:])
-    sub.add_parser("serve", help="run the gRPC server (embedded PostgreSQL/Redis when no URL is configured)")
+    if rest[:1] in (["gpu"], ["miner"]):  # the same, for consumers and miner operators
+        from .cli_tools import gpu, miner
+
+        return (gpu if rest[0] == "gpu" else miner).main(rest[1:])
+    srv = sub.add_parser("serve", help="run the gRPC server (embedded PostgreSQL/Redis when no URL is configured)")
+    srv.add_argument("--workers", type=int, metavar="N",
+                     help="server processes sharing the ports (default GANTRY_WORKERS, else one per core; "
+                          "one with the simulated provider)")
     gw = sub.add_parser("gateway", help="run only the REST gateway in front of a remote gRPC server")
     gw.add_argument("--upstream", required=True, help="host:port of the gRPC server")
     gw.add_argument("--ca-file", help="TLS to the upstream, verified by this CA certificate (plaintext without)")
@@ -132,10 +158,25 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         return _fail(str(exc))
+    # The server's modules, not imported by the client commands above; before logging is configured, as
+    # libraries log while they are imported.
+    from .app import RedisUnreachable
+    from .store.db import DatabaseUnreachable
+
     logs.configure(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
-            _run(_serve(settings))
+            from .workers import WorkerSeat, supervise, worker_count
+
+            if args.workers is not None:
+                if args.workers < 1:
+                    raise ConfigError(f"--workers must be a positive integer, got {args.workers}")
+                settings = settings.with_(workers=args.workers)
+            seat = WorkerSeat.from_env()
+            count = 1 if seat is not None else worker_count(settings)
+            if count > 1:
+                return supervise(settings, count)
+            _run(_serve(settings, seat))
         elif args.command == "gateway":
             _run(_gateway(settings, args.upstream, args.ca_file, args.cert_file, args.key_file))
         elif args.command == "migrate":

@@ -77,7 +77,9 @@ class BrokerSettings:
     hard_max_hours: int = 12
     lifecycle_interval_seconds: float = 15.0
     reconcile_interval_seconds: float = 120.0
-    ghost_grace_minutes: int = 10  # a running/provisioning session younger than this is never a ghost
+    # A live session younger than this is not checked for a missing instance (listings lag a fresh create);
+    # past it, one listing without the instance and a direct check saying GONE end it (billed to when last seen).
+    ghost_grace_minutes: int = 2
     reconcile_misses: int = 3  # consecutive listings without the instance (or session) before acting
     idle_probe_interval_seconds: float = 60.0
     preserve_hours: int = 72  # storage_policy "preserve": how long a stopped instance's disk is kept
@@ -105,6 +107,12 @@ class Settings:
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8080"
     http_max_body_bytes: int = 1 << 20  # REST gateway: larger bodies get 413
+    # REST listener (gantry_gateway/server.py HttpLimits): a request's head, then its body, must arrive within
+    # the header timeout; idle keep-alive connections close after the idle timeout; connections beyond the cap
+    # get 503 and are closed.
+    http_header_timeout_seconds: float = 10.0
+    http_idle_timeout_seconds: float = 60.0
+    http_max_connections: int = 4096
     # Browser origins (scheme://host[:port]) whose state-changing REST requests are accepted; none by default
     # (gantry_gateway/browser.py): GANTRY_HTTP_ALLOWED_ORIGINS, comma-separated.
     http_allowed_origins: tuple[str, ...] = ()
@@ -116,6 +124,9 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     use_uvloop: bool = True
+    # `gantry serve` processes sharing the listeners (GANTRY_WORKERS / --workers); None: one per core, or one
+    # with the simulated provider, whose machines live in its process (gantry_server/workers.py).
+    workers: int | None = None
     admin_token: str | None = None
     db_pool_size: int = 10
     netuid: int = 64
@@ -155,6 +166,20 @@ class Settings:
             if not v.isdigit() or int(v) < 1:
                 raise ConfigError(f"GANTRY_HTTP_MAX_BODY_BYTES must be a positive integer, got {v!r}")
             kw["http_max_body_bytes"] = int(v)
+        for name, key in (("GANTRY_HTTP_HEADER_TIMEOUT_SECONDS", "http_header_timeout_seconds"),
+                          ("GANTRY_HTTP_IDLE_TIMEOUT_SECONDS", "http_idle_timeout_seconds")):
+            if v := get(name):
+                try:
+                    seconds = float(v)
+                except ValueError:
+                    seconds = 0.0
+                if not 0 < seconds < 86400:
+                    raise ConfigError(f"{name} must be a number of seconds above 0 (and below a day), got {v!r}")
+                kw[key] = seconds
+        if v := get("GANTRY_HTTP_MAX_CONNECTIONS"):
+            if not v.isdigit() or int(v) < 1:
+                raise ConfigError(f"GANTRY_HTTP_MAX_CONNECTIONS must be a positive integer, got {v!r}")
+            kw["http_max_connections"] = int(v)
         if v := get("GANTRY_HTTP_ALLOWED_ORIGINS"):
             origins = tuple(o.strip().rstrip("/") for o in v.split(",") if o.strip())
             bad = [o for o in origins if not re.match(r"^https?://[^/\s]+$", o)]
@@ -184,6 +209,8 @@ class Settings:
             kw["log_format"] = v
         if v := get("GANTRY_UVLOOP"):
             kw["use_uvloop"] = _bool("GANTRY_UVLOOP", v)
+        if v := get("GANTRY_WORKERS"):
+            kw["workers"] = _positive("GANTRY_WORKERS", v, int)
         if v := get("GANTRY_NETUID"):
             if not v.isdigit():
                 raise ConfigError(f"GANTRY_NETUID must be a non-negative integer, got {v!r}")
@@ -308,6 +335,10 @@ def _broker_from_env(get, *, embedded: bool, loopback: bool = True) -> BrokerSet
             ("GANTRY_BROKER_INVENTORY_TTL_SECONDS", "inventory_ttl_seconds", float)):
         if v := get(env_name):
             kw[key] = _positive(env_name, v, cast)
+    if v := get("GANTRY_BROKER_GHOST_GRACE_MINUTES"):
+        if not v.strip().isdigit():
+            raise ConfigError(f"GANTRY_BROKER_GHOST_GRACE_MINUTES must be a whole number of minutes >= 0, got {v!r}")
+        kw["ghost_grace_minutes"] = int(v)
     if v := get("GANTRY_BROKER_SIMULATED_BOOT_SECONDS"):
         boot = _float("GANTRY_BROKER_SIMULATED_BOOT_SECONDS", v)
         if boot < 0:

@@ -159,3 +159,66 @@ def internal_status(request_id: str) -> status_pb2.Status:
                                        metadata={"request_id": request_id, "http_status": "500"})
     return status_pb2.Status(code=code_pb2.INTERNAL,
                              message=f"internal error (request id {request_id})", details=[_pack(info)])
+
+
+# ---- a dependency that is down ------------------------------------------------------------------------------------
+# PostgreSQL or Redis unreachable (refused, reset, restarting, pool exhausted) is not a bug of the call: it is
+# UNAVAILABLE (REST 503), the caller may retry, and the log gets one line instead of a traceback.
+
+def _dependency_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    import asyncpg  # noqa: PLC0415
+    import redis.exceptions  # noqa: PLC0415
+    import sqlalchemy.exc  # noqa: PLC0415
+
+    database = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError,
+                asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+                asyncpg.exceptions.ConnectionDoesNotExistError,
+                sqlalchemy.exc.TimeoutError)  # TimeoutError: no pool connection within pool_timeout
+    cache = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    return database, cache
+
+
+_CLASSES: tuple[tuple[type, ...], tuple[type, ...]] | None = None
+
+
+def dependency_down(exc: BaseException) -> str | None:
+    """"PostgreSQL" or "Redis" when `exc` (or what it wraps) says that dependency cannot be reached, else None."""
+    global _CLASSES
+    if _CLASSES is None:
+        _CLASSES = _dependency_classes()
+    database, cache = _CLASSES
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, cache):
+            return "Redis"
+        if isinstance(current, database) or getattr(current, "connection_invalidated", False):
+            return "PostgreSQL"
+        if type(current).__module__.startswith("asyncpg") and "connection is closed" in str(current):
+            return "PostgreSQL"
+        if isinstance(current, OSError) and _from_database(current):
+            return "PostgreSQL"
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
+
+
+def _from_database(exc: OSError) -> bool:
+    """A refused/reset socket raised while SQLAlchemy or asyncpg was connecting (a provider's own socket errors
+    are ProviderErrors, mapped by their adapters)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("asyncpg", "sqlalchemy")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def unavailable_for(exc: BaseException) -> Unavailable | None:
+    """The UNAVAILABLE a call answers when `exc` means a dependency is down, else None."""
+    which = dependency_down(exc)
+    if which is None:
+        return None
+    return Unavailable(f"{which} is unavailable; retry shortly", reason="DEPENDENCY_UNAVAILABLE",
+                       metadata={"dependency": which.lower()}, retry_after_seconds=1)

@@ -1,4 +1,5 @@
-"""Structured logging: one JSON object per line, with the request id of the RPC that logged it."""
+"""Structured logging: one JSON object per line, with the request id of the RPC that logged it, and the trace and
+span ids of the current OpenTelemetry span when tracing is on (gantry_server/tracing.py)."""
 from __future__ import annotations
 
 import contextvars
@@ -6,8 +7,12 @@ import json
 import logging
 import sys
 import time
+from typing import Callable
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# Set by tracing.configure() while tracing is on: the current OpenTelemetry span's SpanContext (None: tracing off, and
+# this module does not import OpenTelemetry, so the client commands start without it).
+current_span_context: Callable | None = None
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -34,6 +39,10 @@ class JsonFormatter(logging.Formatter):
                 out[key] = fields[key]
         if "request_id" not in out and (rid := request_id_var.get()):
             out["request_id"] = rid
+        if current_span_context is not None and "trace_id" not in out:
+            span = current_span_context()
+            if span.is_valid:
+                out["trace_id"], out["span_id"] = format(span.trace_id, "032x"), format(span.span_id, "016x")
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, separators=(",", ":"))

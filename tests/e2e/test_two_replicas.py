@@ -43,7 +43,7 @@ async def start_replica(database_url: str, redis_url: str, vast_url: str, data_d
                GANTRY_BROKER_PROVIDERS="vastai", GANTRY_VASTAI_API_KEY="vast-test-key",
                GANTRY_VASTAI_BASE_URL=vast_url, GANTRY_VASTAI_RATE_PER_SECOND="1000", GANTRY_VASTAI_BURST="1000",
                GANTRY_BROKER_LIFECYCLE_INTERVAL_SECONDS="1", GANTRY_BROKER_RECONCILE_INTERVAL_SECONDS="2",
-               GANTRY_BROKER_SHUTDOWN_POLICY="keep",
+               GANTRY_BROKER_SHUTDOWN_POLICY="keep", GANTRY_WORKERS="1",  # two replicas of one process each
                GANTRY_RATE_LIMITS="session_create=1000/60",  # 200 sessions from one address in a minute
                GANTRY_BROKER_AUTH="open")  # 200 consumers by name; consumer auth: tests/integration/test_broker_auth.py
     log = open(data_dir / "server.log", "wb")

@@ -26,7 +26,7 @@ def _free_port() -> int:
 def _env(tmp_path: Path, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
     env.update(GANTRY_DATA_DIR=str(tmp_path), GANTRY_LOG_FORMAT="json", GANTRY_KEK=TEST_KEK,
-               GANTRY_HTTP_ADDR=f"127.0.0.1:{_free_port()}", **extra)
+               GANTRY_HTTP_ADDR=f"127.0.0.1:{_free_port()}", GANTRY_WORKERS="1", **extra)  # groups: test_workers.py
     return env
 
 

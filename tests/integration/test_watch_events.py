@@ -212,7 +212,8 @@ async def test_two_processes_on_one_database_and_redis_both_deliver_every_event(
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
     env.update(GANTRY_DATA_DIR=str(tmp_path / "second"), GANTRY_KEK=TEST_KEK, GANTRY_DATABASE_URL=database_url,
                GANTRY_REDIS_URL=redis_url, GANTRY_GRPC_ADDR=addr, GANTRY_HTTP_ADDR="127.0.0.1:0",
-               GANTRY_ADMIN_TOKEN="second-process-admin-token-0123456789abcdef", GANTRY_MIGRATE_ON_START="false")
+               GANTRY_ADMIN_TOKEN="second-process-admin-token-0123456789abcdef", GANTRY_MIGRATE_ON_START="false",
+               GANTRY_WORKERS="1")
     proc = subprocess.Popen([sys.executable, "-m", "gantry_server.cli", "serve"], env=env,
                             stderr=subprocess.DEVNULL)
     try:

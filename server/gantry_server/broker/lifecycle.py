@@ -17,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert
 
+from ..errors import dependency_down
 from ..providers.base import InstanceState, ProviderError, parse_label
 from ..store.models import ACTIVE_SESSION_STATUSES, broker_orphan_candidates as oc, broker_sessions as t
 from ..store.repositories import sessions as repo
@@ -25,6 +26,7 @@ from .sessions import CREATE_LEASE, STEP_LEASE, SessionManager
 
 log = logging.getLogger(__name__)
 
+PENDING_SETTLE = timedelta(seconds=30)  # a dead process's create is recovered this long after its last change
 PARALLEL_UNITS = 16  # sessions one replica works on at once in a tick (provider rate limits still apply)
 
 
@@ -51,7 +53,11 @@ class Lifecycle:
                                              t.c.next_check_at <= now), now)
             stopping = await repo.due(conn, and_(t.c.status == "stopping",
                                                  or_(t.c.next_check_at.is_(None), t.c.next_check_at <= now)), now)
-            stale_pending = await repo.due(conn, and_(t.c.status == "pending", t.c.created_at <= now - CREATE_LEASE), now)
+            # A create whose process died: at once when its process is gone (after a settle, for a provider call
+            # that was in flight), else once the create lease has run out (a hung process).
+            stale_pending = await repo.due(conn, and_(t.c.status == "pending", or_(
+                t.c.created_at <= now - CREATE_LEASE,
+                and_(t.c.updated_at <= now - PENDING_SETTLE, repo.lease_owner_gone()))), now)
             preserved = await repo.due(conn, and_(t.c.status == "stopped", t.c.preserved_until <= now), now)
         # Ending comes first (a session past its hard max is not verified again); within a phase the units run
         # side by side, so one slow provider call does not hold up the others (defect 22).
@@ -75,7 +81,10 @@ class Lifecycle:
         """One session's failure (a provider bug, a network error) must not stop the pass for the others."""
         try:
             await step
-        except Exception:
+        except Exception as exc:
+            if (which := dependency_down(exc)) is not None:  # an outage: one line, not a traceback per unit
+                log.warning("lifecycle step skipped: %s unavailable", which)
+                return
             log.exception("lifecycle step failed")
 
     async def probe_idle(self, session_id: str) -> None:
@@ -97,14 +106,14 @@ class Lifecycle:
         if activity.disk_free_gb is not None:
             metrics.DISK_AVAILABLE.labels(row.provider).set(activity.disk_free_gb)
         if not activity.is_idle():
-            await self.m._release(row, next_check_at=next_probe, last_active_at=now)
+            await self.m._release(row, next_check_at=next_probe, last_active_at=now, instance_seen_at=now)
             return
         idle_since = row.last_active_at or row.running_at or row.created_at
         if now - idle_since >= timedelta(minutes=row.idle_threshold_minutes):
-            await self.m._release(row)
+            await self.m._release(row, instance_seen_at=now)
             await self.m.terminate(row.id, "idle", from_statuses=("running",))
             return
-        await self.m._release(row, next_check_at=next_probe)
+        await self.m._release(row, next_check_at=next_probe, instance_seen_at=now)
 
     async def recover_pending(self, session_id: str) -> None:
         """A create whose process died: adopt the instance if the provider made it, else fail (no cost)."""
@@ -186,15 +195,16 @@ class Lifecycle:
             await conn.execute(delete(oc).where(oc.c.provider == name, or_(
                 oc.c.instance_id.not_in(list(ours) or [""]), oc.c.instance_id.in_(list(live_instance_ids) or [""]))))
 
-        # Ghosts: live sessions past the grace whose instance is missing from the listing.
+        # Ghosts: live sessions past the grace whose instance is missing from the listing. Those listed were
+        # seen now (what a vanished one is billed up to).
         grace = now - timedelta(minutes=self.b.settings.ghost_grace_minutes)
+        listed = {i.instance_id for i in instances}
+        seen = [r.id for r in owned if r.status in ("provisioning", "running") and r.provider_instance_id in listed]
+        if seen:
+            async with self.b.engine.begin() as conn:
+                await conn.execute(t.update().where(t.c.id.in_(seen)).values(instance_seen_at=now, ghost_misses=0))
         for r in owned:
-            if r.status not in ("provisioning", "running"):
-                continue
-            if r.provider_instance_id in ours or r.provider_instance_id in {i.instance_id for i in instances}:
-                if r.ghost_misses:
-                    async with self.b.engine.begin() as conn:
-                        await conn.execute(t.update().where(t.c.id == r.id).values(ghost_misses=0))
+            if r.status not in ("provisioning", "running") or r.provider_instance_id in listed:
                 continue
             if r.created_at > grace:
                 continue
@@ -234,10 +244,12 @@ class Lifecycle:
             await conn.execute(delete(oc).where(oc.c.provider == name, oc.c.instance_id == inst.instance_id))
 
     async def _ghost_miss(self, r, provider, now) -> None:
+        """Missing from the listing: confirmed at once with the provider, as a provisioning session's vanished
+        instance is (a listing gap or a provider error never ends a working session; only GONE does)."""
         async with self.b.engine.begin() as conn:
             misses = (await conn.execute(t.update().where(t.c.id == r.id, t.c.status.in_(("provisioning", "running")))
                                          .values(ghost_misses=t.c.ghost_misses + 1).returning(t.c.ghost_misses))).scalar()
-        if misses is None or misses < self.b.settings.reconcile_misses:
+        if misses is None:
             return
         try:
             current = await provider.get_instance(r.provider_instance_id)
@@ -245,7 +257,7 @@ class Lifecycle:
             return  # an error is not "gone"
         if current.state is not InstanceState.GONE:
             async with self.b.engine.begin() as conn:  # listing lag: the instance is there
-                await conn.execute(t.update().where(t.c.id == r.id).values(ghost_misses=0))
+                await conn.execute(t.update().where(t.c.id == r.id).values(ghost_misses=0, instance_seen_at=now))
             return
         metrics.GHOSTS_DETECTED.inc()
         metrics.RECONCILIATION_MISMATCHES.inc()

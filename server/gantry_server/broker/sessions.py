@@ -248,7 +248,7 @@ class SessionManager:
         async with self.b.engine.begin() as conn:
             updated = await repo.transition(
                 conn, row.id, ("pending",), now, status="provisioning",
-                provider_instance_id=instance.instance_id, billing_started_at=now,
+                provider_instance_id=instance.instance_id, billing_started_at=now, instance_seen_at=now,
                 ssh_host=instance.ssh_host, ssh_port=instance.ssh_port,
                 ssh_user=instance.ssh_user or row.ssh_user,
                 next_check_at=now + timedelta(seconds=provider.ssh_pre_delay_seconds),
@@ -376,7 +376,8 @@ class SessionManager:
             return await self._release(row, next_check_at=now + _backoff(row.verify_attempts),
                                        verify_attempts=row.verify_attempts + 1)
         if instance.state is InstanceState.GONE:
-            await self._record_offer_failure(row, "instance_vanished", "instance no longer exists on provider")
+            if instance.offer_at_fault:
+                await self._record_offer_failure(row, "instance_vanished", "instance no longer exists on provider")
             return await self.terminate(row.id, "instance_vanished", final_status="failed",
                                         error="instance_vanished: no longer exists on provider",
                                         from_statuses=("provisioning",))
@@ -389,7 +390,8 @@ class SessionManager:
         host = instance.ssh_host or row.ssh_host
         port = instance.ssh_port or row.ssh_port or 22
         user = instance.ssh_user or row.ssh_user
-        fields = dict(ssh_host=host, ssh_port=port, ssh_user=user, verify_attempts=row.verify_attempts + 1)
+        fields = dict(ssh_host=host, ssh_port=port, ssh_user=user, verify_attempts=row.verify_attempts + 1,
+                      instance_seen_at=now)
         if instance.state is not InstanceState.RUNNING or not host:
             return await self._release(row, next_check_at=now + _backoff(row.verify_attempts), **fields)
         try:
@@ -514,7 +516,7 @@ class SessionManager:
                 return await repo.get(conn, row.id)
             await record_session_cost(conn, session_id=row.id, consumer_id=row.consumer_id, provider=row.provider,
                                       gpu_type=row.gpu_type, price_per_hour=row.price_per_hour,
-                                      billing_started_at=row.billing_started_at, end=now, now=now)
+                                      billing_started_at=row.billing_started_at, end=billing_end(row, now), now=now)
         metrics.SESSIONS_DESTROYED.labels(row.provider, row.stop_reason or "user_requested").inc()
         if row.stop_reason == "hard_max":
             metrics.HARD_MAX_ENFORCED.inc()
@@ -603,6 +605,17 @@ class SessionManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+VANISHED_REASONS = frozenset({"ghost", "instance_vanished"})  # the provider lost the instance by itself
+
+
+def billing_end(row: Row, now: datetime) -> datetime:
+    """Where a terminated session's billing ends: now (the destroy was just confirmed), or, for an instance the
+    provider lost by itself, the last moment it was seen to exist."""
+    if row.stop_reason in VANISHED_REASONS and row.instance_seen_at is not None:
+        return min(now, max(row.instance_seen_at, row.billing_started_at or row.instance_seen_at))
+    return now
 
 
 _FAILURE_REASONS = frozenset({"ssh_verify_timeout", "api_verify_timeout", "instance_vanished", "instance_stopped",

@@ -93,7 +93,7 @@ async def start_broker(rt: Runtime, providers: dict | None = None) -> None:
         share_rate_limits(rt.providers, rt.redis)
     rt.inventory = Inventory(rt.providers, rt.engine, rt.clock, ttl_seconds=settings.broker.inventory_ttl_seconds)
     broker = Broker(settings=settings.broker, engine=rt.engine, redis=rt.redis, clock=rt.clock, keyring=rt.keyring,
-                    providers=rt.providers, inventory=rt.inventory,
+                    providers=rt.providers, inventory=rt.inventory, owner=rt.process_id,
                     deployment_id=await deployment_id(rt.engine, settings.broker.deployment_id))
     rt.sessions = SessionManager(broker)
     rt.lifecycle = Lifecycle(rt.sessions)

@@ -19,7 +19,8 @@ from grpc_interceptor import AsyncServerInterceptor
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from ..errors import GantryError, internal_status, to_rpc_status
+from .. import tracing
+from ..errors import GantryError, internal_status, to_rpc_status, unavailable_for
 from ..logs import request_id_var
 
 log = logging.getLogger("gantry.rpc")
@@ -78,44 +79,54 @@ class ObservabilityInterceptor(AsyncServerInterceptor):
         rid = request_id_from(context.invocation_metadata())
         token = request_id_var.set(rid)
         started = time.perf_counter()
+        rpc = tracing.start_rpc(method_name, context) if tracing.enabled else None  # OpenTelemetry span, when on
+        trace_token = rpc.attach() if rpc is not None else None
         try:
             result = method(request, context)
             if hasattr(result, "__aiter__"):
-                return self._stream(result, context, method_name, rid, started)
+                stream = self._stream(result, context, method_name, rid, started, rpc)
+                return stream if rpc is None else rpc.wrap(stream)
             try:
                 response = await result
             except BaseException as exc:  # noqa: BLE001 - mapped, then re-raised as an abort
-                await self._fail(exc, context, method_name, rid, started)
+                await self._fail(exc, context, method_name, rid, started, rpc)
                 raise  # unreachable: _fail always raises
             context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-            self._done(context, method_name, rid, started, _code_of(context))
+            self._done(context, method_name, rid, started, _code_of(context), rpc)
             return response
         finally:
             request_id_var.reset(token)
+            if rpc is not None:
+                rpc.detach(trace_token)
 
-    async def _stream(self, agen, context, method_name: str, rid: str, started: float):
+    async def _stream(self, agen, context, method_name: str, rid: str, started: float, rpc=None):
         token = request_id_var.set(rid)
         try:
             try:
                 async for item in agen:
                     yield item
             except BaseException as exc:  # noqa: BLE001
-                await self._fail(exc, context, method_name, rid, started)
+                await self._fail(exc, context, method_name, rid, started, rpc)
             context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-            self._done(context, method_name, rid, started, _code_of(context))
+            self._done(context, method_name, rid, started, _code_of(context), rpc)
         finally:
             with contextlib.suppress(ValueError):  # closed by the asyncgen finaliser, in another context
                 request_id_var.reset(token)
 
-    async def _fail(self, exc: BaseException, context, method_name: str, rid: str, started: float) -> None:
+    async def _fail(self, exc: BaseException, context, method_name: str, rid: str, started: float,
+                    rpc=None) -> None:
         if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # GeneratorExit: the stream was closed
             # The call may be gone already (a stream closed by the asyncgen finaliser after the client left):
             # its context must not be touched then (grpc's C core frees it; context.peer() would crash).
-            self._done(None, method_name, rid, started, grpc.StatusCode.CANCELLED)
+            self._done(None, method_name, rid, started, grpc.StatusCode.CANCELLED, rpc)
             raise exc
         if isinstance(exc, aio.AbortError):  # the handler aborted by itself
-            self._done(context, method_name, rid, started, _code_of(context, grpc.StatusCode.UNKNOWN))
+            self._done(context, method_name, rid, started, _code_of(context, grpc.StatusCode.UNKNOWN), rpc)
             raise exc
+        if not isinstance(exc, GantryError) and (down := unavailable_for(exc)) is not None:
+            log.warning("dependency unavailable in %s: %s", method_name, str(exc).strip().splitlines()[0][:200]
+                        if str(exc).strip() else type(exc).__name__, extra={"method": method_name, "request_id": rid})
+            exc = down
         if isinstance(exc, GantryError):
             status = rpc_status.to_status(to_rpc_status(exc, rid))
             code = exc.code
@@ -124,16 +135,20 @@ class ObservabilityInterceptor(AsyncServerInterceptor):
                       extra={"method": method_name, "request_id": rid})
             status = rpc_status.to_status(internal_status(rid))
             code = grpc.StatusCode.INTERNAL
-        self._done(context, method_name, rid, started, code)
+            if rpc is not None:
+                rpc.span.record_exception(exc)
+        self._done(context, method_name, rid, started, code, rpc)
         await context.abort_with_status(_with_request_id(status, rid))
 
-    def _done(self, context, method_name: str, rid: str, started: float, code: grpc.StatusCode) -> None:
+    def _done(self, context, method_name: str, rid: str, started: float, code: grpc.StatusCode, rpc=None) -> None:
         elapsed = time.perf_counter() - started
         self._series.observe(method_name, code, elapsed)
         if log.isEnabledFor(logging.INFO):
             peer = context.peer() if context is not None else ""
             log.info("rpc", extra={"method": method_name, "code": code.name, "duration_ms": round(elapsed * 1000, 3),
                                    "peer": peer, "request_id": rid})
+        if rpc is not None:  # after the log line, which carries its trace id
+            rpc.end(code)
 
 
 def _code_of(context, default: grpc.StatusCode = grpc.StatusCode.OK) -> grpc.StatusCode:

@@ -121,6 +121,9 @@ class ProviderInstance:
     price_per_hour: float | None = None
     started_at: datetime | None = None
     message: str | None = None
+    # False when the instance was lost through no fault of the offer (the simulated provider's instances die
+    # with the process that simulated them): its GONE is not recorded against the offer's health.
+    offer_at_fault: bool = True
 
 
 @dataclass(frozen=True)

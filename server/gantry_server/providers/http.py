@@ -49,6 +49,7 @@ from typing import Any, Awaitable, Callable, Collection, Iterable, Mapping, Type
 
 import httpx
 
+from .. import tracing
 from ..broker.metrics import CIRCUIT_STATE, PROVIDER_API_CALLS, PROVIDER_API_ERRORS, PROVIDER_API_SECONDS
 from ..clock import Clock, SystemClock
 from .base import ErrorKind, ProviderError
@@ -344,6 +345,7 @@ class ProviderHttp:
                                       reset_seconds=policy.breaker_reset_seconds, clock=self._clock)
         self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"),
                                          headers={"Accept": "application/json", **(headers or {})})
+        tracing.instrument_httpx(self._client, mask_url)  # a span per HTTP attempt, when tracing is on
         # The provider's limits are per account: name the account by its credentials (hashed, never stored).
         self.account = hashlib.sha256("\0".join(sorted(s for s in secrets if s)).encode()).hexdigest()[:16]
 

@@ -22,6 +22,7 @@ provider behaviour the broker must survive.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import tempfile
@@ -41,6 +42,29 @@ from gantry_server.providers.simulated_host import HealthServer, SshHost
 __all__ = ["SimulatedProvider", "SshHost", "HealthServer", "synthetic_offers", "OPERATIONS"]
 
 NAME = "simulated"
+ROOT_PREFIX = "gantry-simulated-"  # + the owning process id: a crashed process's folders are found and removed
+
+
+def remove_stale_roots(tmp: Path | None = None) -> list[Path]:
+    """Delete the work folders of simulated clouds whose process is gone (SIGKILL skips the at-exit cleanup)."""
+    removed = []
+    for path in Path(tmp or tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*-*"):
+        pid = path.name[len(ROOT_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 DEFAULT_API_PORT = 8000  # entrypoint mode without exposed_ports
 OPERATIONS = ("list_offers", "create_instance", "get_instance", "list_instances", "destroy_instance",
               "stop_instance", "list_templates")
@@ -153,7 +177,11 @@ class SimulatedProvider:
     async def get_instance(self, instance_id: str) -> ProviderInstance:
         self._maybe_fail("get_instance")
         inst = self._instances.get(instance_id)
-        if inst is None or not inst.exists:
+        if inst is None:  # made by a process that is gone (a crash, a restart): its servers died with it
+            return ProviderInstance(provider=NAME, instance_id=instance_id, label=None, state=InstanceState.GONE,
+                                    message="no such instance (lost with the process that simulated it)",
+                                    offer_at_fault=False)
+        if not inst.exists:
             return ProviderInstance(provider=NAME, instance_id=instance_id, label=None, state=InstanceState.GONE,
                                     message="no such instance")
         await self._tick(inst, "get_instance")
@@ -319,7 +347,8 @@ class SimulatedProvider:
 
     def _root(self) -> Path:
         if self._work_root is None:
-            self._work_root = Path(tempfile.mkdtemp(prefix="gantry-simulated-"))
+            remove_stale_roots()
+            self._work_root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-"))
             weakref.finalize(self, shutil.rmtree, self._work_root, True)  # at exit at the latest
         return self._work_root
 

@@ -22,7 +22,7 @@ class OpsService(ops_pb2_grpc.OpsServiceServicer):
 
     async def GetHealth(self, request, context):
         state = self.rt.state
-        ok = state.ready and state.lifecycle_running
+        ok = state.ready and state.lifecycle_running and state.database_ok
         return ops_pb2.GetHealthResponse(
             status="ok" if ok else "unavailable",
             timestamp=self._timestamp(),
@@ -34,7 +34,8 @@ class OpsService(ops_pb2_grpc.OpsServiceServicer):
         )
 
     async def GetReady(self, request, context):
-        return ops_pb2.GetReadyResponse(ready=self.rt.state.ready, timestamp=self._timestamp())
+        state = self.rt.state
+        return ops_pb2.GetReadyResponse(ready=state.ready and state.database_ok, timestamp=self._timestamp())
 
     async def GetMetrics(self, request, context):
         return ops_pb2.GetMetricsResponse(content_type=CONTENT_TYPE_LATEST, body=generate_latest(REGISTRY))

@@ -1,18 +1,19 @@
 """SessionService: the consumer's view of GPU sessions (seed 004), over broker.sessions.SessionManager."""
 from __future__ import annotations
 
+import asyncio
 import base64
-from datetime import datetime, timedelta
+import contextlib
+from datetime import datetime, timedelta, timezone
 
 from gantry.broker.v1 import sessions_pb2, sessions_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.engine import Row
 
 from ..broker.consumers import owner_of_call
 from ..broker.sessions import STATUSES
 from .. import metadata_keys
 from ..domain.validation import Violations
-from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from ..runtime import Runtime
 from ..store import redis_keys
 from ..store.models import TERMINAL_SESSION_STATUSES
@@ -22,33 +23,41 @@ MAX_PAGE_SIZE = 1000
 UNPAGED_MAX_ROWS = 5000
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SECOND = timedelta(seconds=1)
+
+
 def _ts(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    # Timestamp.FromDatetime is Python code (~3 µs); this is the same value (stored datetimes are aware).
+    return Timestamp(seconds=(value - _EPOCH) // _SECOND, nanos=value.microsecond * 1000)
 
 
-def session_proto(row: Row) -> sessions_pb2.Session:
-    """Every stored field the client may see; never the keys, the offer id or the provider instance id."""
+_OPTIONAL = ("error", "api_endpoint", "api_port", "model_id", "template_hash_id", "template_name", "disk_gb",
+             "retry_parent_id", "retry_child_id", "failed_offers")
+
+
+def session_proto(row) -> sessions_pb2.Session:
+    """Every stored field the client may see; never the keys, the offer id or the provider instance id. `row`:
+    a SQLAlchemy Row or a mapping with (at least) repo.LIST_COLUMNS."""
+    m = getattr(row, "_mapping", row)
     s = sessions_pb2.Session(
-        id=row.id, consumer_id=row.consumer_id, provider=row.provider, gpu_type=row.gpu_type,
-        gpu_count=row.gpu_count, status=row.status, workload_type=row.workload_type,
-        reservation_hours=row.reservation_hours, price_per_hour=row.price_per_hour,
-        created_at=_ts(row.created_at), expires_at=_ts(row.expires_at), stopped_at=_ts(row.stopped_at),
-        idle_threshold_minutes=row.idle_threshold_minutes, storage_policy=row.storage_policy,
-        launch_mode=row.launch_mode, ssh_host=row.ssh_host or "", ssh_port=row.ssh_port or 22,
-        ssh_user=row.ssh_user or "",
+        id=m["id"], consumer_id=m["consumer_id"], provider=m["provider"], gpu_type=m["gpu_type"],
+        gpu_count=m["gpu_count"], status=m["status"], workload_type=m["workload_type"],
+        reservation_hours=m["reservation_hours"], price_per_hour=m["price_per_hour"],
+        created_at=_ts(m["created_at"]), expires_at=_ts(m["expires_at"]), stopped_at=_ts(m["stopped_at"]),
+        idle_threshold_minutes=m["idle_threshold_minutes"], storage_policy=m["storage_policy"],
+        launch_mode=m["launch_mode"], ssh_host=m["ssh_host"] or "", ssh_port=m["ssh_port"] or 22,
+        ssh_user=m["ssh_user"] or "",
     )
-    for name in ("error", "api_endpoint", "api_port", "model_id", "template_hash_id", "template_name", "disk_gb",
-                 "retry_parent_id", "retry_child_id", "failed_offers"):
-        value = getattr(row, name)
+    for name in _OPTIONAL:
+        value = m[name]
         if value is not None:
             setattr(s, name, value)
-    if row.auto_retry:
+    if m["auto_retry"]:
         s.auto_retry = True
-        s.retry_count = row.retry_count
+        s.retry_count = m["retry_count"]
     return s
 
 
@@ -58,8 +67,8 @@ def _duration(delta: timedelta) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
-def _cursor(row: Row) -> str:
-    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+def _cursor(row) -> str:
+    return base64.urlsafe_b64encode(f"{row['created_at'].isoformat()}|{row['id']}".encode()).decode()
 
 
 def _parse_cursor(token: str) -> tuple[datetime, str]:
@@ -88,7 +97,9 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
             request.consumer_id = owner  # the idempotency record is then the caller's alone
         if not request.request_id:  # REST clients send the idempotency key as a header
             key = dict(context.invocation_metadata() or ()).get(metadata_keys.IDEMPOTENCY_KEY, "")
-            request.request_id = key.strip() if isinstance(key, str) else ""
+            if not isinstance(key, str) or not all(" " <= c <= "~" for c in key):  # never dropped silently
+                raise InvalidArgument.field(metadata_keys.IDEMPOTENCY_KEY, "must be printable ASCII")
+            request.request_id = key.strip()
         row, private_key = await self.sessions.create(request)
         response = sessions_pb2.CreateSessionResponse(session=session_proto(row), ssh_private_key=private_key)
         if row.retry_count:
@@ -177,11 +188,34 @@ class SessionService(sessions_pb2_grpc.SessionServiceServicer):
                     yield sessions_pb2.WatchSessionResponse(cursor=str(row.version), session=session_proto(row))
                 if row.status in TERMINAL_SESSION_STATUSES:
                     return
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+                if not await _until_stopping(pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0),
+                                             self.rt.state.stopping):
+                    raise Unavailable(f"the server is shutting down; watch again with cursor {after}",
+                                      reason="SHUTTING_DOWN", metadata={"cursor": str(after)},
+                                      retry_after_seconds=1)
                 row = await self.sessions.get(request.id, owner=owner)
         finally:
-            await pubsub.unsubscribe()
+            with contextlib.suppress(Exception):  # the connection may be gone (Redis down, cancelled read)
+                await pubsub.unsubscribe()
             await pubsub.aclose()
+
+
+async def _until_stopping(wait, stopping: asyncio.Event) -> bool:
+    """Await `wait` unless the process starts stopping first (then False, and `wait` is cancelled)."""
+    if stopping.is_set():
+        wait.close()
+        return False
+    waiter = asyncio.ensure_future(wait)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        done, _ = await asyncio.wait((waiter, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, stop):
+            task.cancel()
+    if waiter in done:
+        waiter.result()  # a Redis error is the call's error
+        return True
+    return False
 
 
 def _require_id(session_id: str) -> None:

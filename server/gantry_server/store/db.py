@@ -26,8 +26,17 @@ def redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+CONNECT_TIMEOUT_SECONDS = 5.0  # a database that does not answer fails the call (UNAVAILABLE) instead of holding it
+
+
+def create_engine(url: str, *, pool_size: int = 10, application_name: str | None = None) -> AsyncEngine:
+    """`application_name` names this process's connections in pg_stat_activity: other replicas read it to tell
+    whether a lease's owner is still alive (store.repositories.sessions)."""
+    connect_args: dict = {"timeout": CONNECT_TIMEOUT_SECONDS}
+    if application_name:
+        connect_args["server_settings"] = {"application_name": application_name}
+    return create_async_engine(async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False,
+                               connect_args=connect_args)
 
 
 async def check_reachable(engine: AsyncEngine, *, timeout: float = 10.0) -> None:

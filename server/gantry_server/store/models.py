@@ -117,6 +117,7 @@ broker_sessions = Table(
     Column("last_active_at", DateTime(timezone=True), nullable=True),  # idle detection
     Column("preserved_until", DateTime(timezone=True), nullable=True),  # storage_policy preserve: stopped, disk kept
     Column("ghost_misses", Integer, nullable=False, server_default="0"),
+    Column("instance_seen_at", DateTime(timezone=True), nullable=True),  # last listing/check/probe that saw it
     Column("destroy_attempts", Integer, nullable=False, server_default="0"),
     Column("verify_attempts", Integer, nullable=False, server_default="0"),
     Column("auth_failures", Integer, nullable=False, server_default="0"),  # consecutive; 3 = permanent

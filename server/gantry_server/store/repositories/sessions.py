@@ -10,12 +10,13 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from redis.asyncio import Redis
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import column, exists, func, literal, or_, select, table, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import redis_keys
+from ._driver import fetch
 from ..models import ACTIVE_SESSION_STATUSES, broker_sessions as t
 
 
@@ -42,23 +43,44 @@ async def active_for_offer(conn: AsyncConnection, consumer_id: str, offer_id: st
         t.c.status.in_(ACTIVE_SESSION_STATUSES)))).first()
 
 
+# What a session list shows (services/sessions.py session_proto); never the keys or the provider instance id.
+LIST_COLUMNS = ("id", "consumer_id", "provider", "gpu_type", "gpu_count", "status", "workload_type",
+                "reservation_hours", "price_per_hour", "created_at", "expires_at", "stopped_at",
+                "idle_threshold_minutes", "storage_policy", "launch_mode", "ssh_host", "ssh_port", "ssh_user", "error",
+                "api_endpoint", "api_port", "model_id", "template_hash_id", "template_name", "disk_gb",
+                "retry_parent_id", "retry_child_id", "failed_offers", "auto_retry", "retry_count")
+_LIST_SQL: dict[tuple[bool, ...], str] = {}
+
+
+def _list_sql(consumer: bool, status: bool, provider: bool, before: bool) -> str:
+    """One constant statement per combination of filters (16 at most), built once; parameters in the order
+    consumer_id, status, provider, (created_at, id) of `before`, then the limit."""
+    key = (consumer, status, provider, before)
+    sql = _LIST_SQL.get(key)
+    if sql is None:
+        where, n = [], 0
+        for given, name in ((consumer, "consumer_id"), (status, "status"), (provider, "provider")):
+            if given:
+                n += 1
+                where.append(f"{name} = ${n}")
+        if before:
+            where.append(f"(created_at, id) < (${n + 1}::timestamptz, ${n + 2}::text)")
+            n += 2
+        sql = _LIST_SQL[key] = (f"SELECT {', '.join(LIST_COLUMNS)} FROM {t.name}"
+                                + (" WHERE " + " AND ".join(where) if where else "")
+                                + f" ORDER BY created_at DESC, id DESC LIMIT ${n + 1}")
+    return sql
+
+
 async def list_sessions(conn: AsyncConnection, *, consumer_id: str = "", status: str = "", provider: str = "",
-                        limit: int | None = None, before: tuple[datetime, str] | None = None) -> list[Row]:
-    """Newest first (created_at, id descending); `before` continues after a page's last row."""
-    stmt = select(t)
-    if consumer_id:
-        stmt = stmt.where(t.c.consumer_id == consumer_id)
-    if status:
-        stmt = stmt.where(t.c.status == status)
-    if provider:
-        stmt = stmt.where(t.c.provider == provider)
+                        limit: int | None = None, before: tuple[datetime, str] | None = None) -> list:
+    """Newest first (created_at, id descending); `before` continues after a page's last row. Rows have the
+    LIST_COLUMNS (r["name"]); read straight through asyncpg (_driver.py). limit None: no limit."""
+    args: list = [v for v in (consumer_id, status, provider) if v]
     if before is not None:
-        created, sid = before
-        stmt = stmt.where(or_(t.c.created_at < created, and_(t.c.created_at == created, t.c.id < sid)))
-    stmt = stmt.order_by(t.c.created_at.desc(), t.c.id.desc())
-    if limit:
-        stmt = stmt.limit(limit)
-    return list((await conn.execute(stmt)).all())
+        args += before
+    sql = _list_sql(bool(consumer_id), bool(status), bool(provider), before is not None)
+    return await fetch(conn, sql, *args, limit or None)
 
 
 async def transition(conn: AsyncConnection, session_id: str, from_statuses: Iterable[str], now: datetime,
@@ -84,12 +106,33 @@ async def extend(conn: AsyncConnection, session_id: str, hours: timedelta, hard_
     return (await conn.execute(stmt)).first()
 
 
+_activity = table("pg_stat_activity", column("application_name"))
+
+
+def _owner_gone():
+    """The lease's process has no connection to the database any more: it died (SIGKILL, crash, host lost), and
+    its lease is free at once instead of after lease_until. A lease token is `<process id>:<unit>`, and each
+    process names its connections with its id (store.db.create_engine application_name; its dependency probe
+    keeps one open)."""
+    return ~exists(select(literal(1)).select_from(_activity).where(
+        _activity.c.application_name == func.split_part(t.c.lease_owner, ":", 1)))
+
+
+def lease_owner_gone():
+    """The session's lease names a process that is gone (or no process at all)."""
+    return _owner_gone()
+
+
+def _lease_free(now: datetime):
+    return or_(t.c.lease_until.is_(None), t.c.lease_until < now, _owner_gone())
+
+
 async def claim(conn: AsyncConnection, session_id: str, owner: str, now: datetime, until: datetime,
                 from_statuses: Iterable[str]) -> Row | None:
     """Take the lease of one session if nobody holds a live one, or `owner` (a lease token) already does."""
     stmt = (update(t)
             .where(t.c.id == session_id, t.c.status.in_(tuple(from_statuses)),
-                   or_(t.c.lease_until.is_(None), t.c.lease_until < now, t.c.lease_owner == owner))
+                   or_(_lease_free(now), t.c.lease_owner == owner))
             .values(lease_owner=owner, lease_until=until)
             .returning(t))
     return (await conn.execute(stmt)).first()
@@ -103,7 +146,7 @@ async def release(conn: AsyncConnection, session_id: str, owner: str, **values: 
 async def due(conn: AsyncConnection, where, now: datetime, limit: int = 100) -> list[str]:
     """Ids matching `where` whose lease is free, oldest first (the loops' work list; claim() decides)."""
     stmt = (select(t.c.id)
-            .where(where, or_(t.c.lease_until.is_(None), t.c.lease_until < now))
+            .where(where, _lease_free(now))
             .order_by(t.c.created_at).limit(limit))
     return [r.id for r in (await conn.execute(stmt)).all()]
 
