@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -103,6 +104,13 @@ async def app(database_url, redis_url, tmp_path_factory):
 async def channel(app):
     async with grpc.aio.insecure_channel(app.grpc_addr) as ch:
         yield ch
+
+
+@pytest.fixture(scope="module")
+async def http(app):
+    """A REST client of the module's server."""
+    async with httpx.AsyncClient(base_url=f"http://{app.http_addr}", timeout=10) as client:
+        yield client
 
 
 ADMIN_METADATA = (("authorization", "Bearer test-admin-token"),)

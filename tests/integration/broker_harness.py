@@ -95,6 +95,22 @@ def broker_settings(**kw) -> BrokerSettings:
 
 
 @asynccontextmanager
+async def providerless_app(database_url: str, redis_url: str, tmp_path, clock: ManualClock,
+                           **broker_kw) -> AsyncIterator[GantryApp]:
+    """A live Gantry with no GPU provider and no loops, for tests that insert session rows themselves: nothing
+    but the test touches them."""
+    broker_kw.setdefault("providers", ())
+    broker_kw.setdefault("background_loops", False)
+    settings = make_settings(database_url, redis_url, tmp_path, broker=BrokerSettings(**broker_kw))
+    app = GantryApp(settings, clock=clock)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(0)
+
+
+@asynccontextmanager
 async def running_broker(database_url: str, redis_url: str, tmp_path, *, provider=None, clock=None,
                          **broker_kw) -> AsyncIterator[Harness]:
     clock = clock or ManualClock(T0)

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import grpc
-import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -18,13 +17,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from gantry.broker.v1 import costs_pb2, costs_pb2_grpc
-from gantry_server.app import GantryApp
 from gantry_server.broker.costs import cost_fields, record_session_cost
 from gantry_server.clock import ManualClock
-from gantry_server.config import BrokerSettings
 from gantry_server.store.models import broker_costs, broker_sessions
 
-from ..conftest import make_settings
+from .broker_harness import providerless_app
 
 UTC = timezone.utc
 START = datetime(2026, 3, 1, 0, 30, tzinfo=UTC)
@@ -44,18 +41,8 @@ def clock() -> ManualClock:
 @pytest.fixture(scope="module")
 async def app(database_url, redis_url, tmp_path_factory, clock):
     """This module's server: a ManualClock; no providers and no loops touching the rows the tests insert."""
-    settings = make_settings(database_url, redis_url, tmp_path_factory.mktemp("costs"),
-                             broker=BrokerSettings(providers=(), background_loops=False))
-    gantry = GantryApp(settings, clock=clock)
-    await gantry.start()
-    yield gantry
-    await gantry.stop(0)
-
-
-@pytest.fixture(scope="module")
-async def http(app):
-    async with httpx.AsyncClient(base_url=f"http://{app.http_addr}", timeout=10) as client:
-        yield client
+    async with providerless_app(database_url, redis_url, tmp_path_factory.mktemp("costs"), clock) as gantry:
+        yield gantry
 
 
 @pytest.fixture

@@ -6,19 +6,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import httpx
 import pytest
 from sqlalchemy import select
 
 from gantry.broker.v1 import costs_pb2, costs_pb2_grpc
-from gantry_server.app import GantryApp
 from gantry_server.broker.costs import as_price, record_session_cost
 from gantry_server.clock import ManualClock
-from gantry_server.config import BrokerSettings
 from gantry_server.errors import NotFound
 from gantry_server.store.models import broker_costs
 
-from ..conftest import make_settings
+from .broker_harness import providerless_app
 from .test_broker_costs import add_session, move_to, stored_rows, terminate
 
 UTC = timezone.utc
@@ -35,18 +32,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture(scope="module")
 async def app(database_url, redis_url, tmp_path_factory, clock):
-    settings = make_settings(database_url, redis_url, tmp_path_factory.mktemp("costs-strength"),
-                             broker=BrokerSettings(providers=(), background_loops=False))
-    gantry = GantryApp(settings, clock=clock)
-    await gantry.start()
-    yield gantry
-    await gantry.stop(0)
-
-
-@pytest.fixture(scope="module")
-async def http(app):
-    async with httpx.AsyncClient(base_url=f"http://{app.http_addr}", timeout=10) as client:
-        yield client
+    async with providerless_app(database_url, redis_url, tmp_path_factory.mktemp("costs-strength"), clock) as gantry:
+        yield gantry
 
 
 @pytest.fixture

@@ -7,17 +7,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import pytest
 from sqlalchemy import update
 
-from gantry_server.app import GantryApp
 from gantry_server.broker.costs import cost_fields, record_session_cost
 from gantry_server.clock import ManualClock
-from gantry_server.config import BrokerSettings
 from gantry_server.store.models import broker_sessions
 
-from ..conftest import make_settings
+from .broker_harness import providerless_app
 
 UTC = timezone.utc
 T0 = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
@@ -30,18 +27,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture(scope="module")
 async def app(database_url, redis_url, tmp_path_factory, clock):
-    settings = make_settings(database_url, redis_url, tmp_path_factory.mktemp("read-paths"),
-                             broker=BrokerSettings(providers=(), background_loops=False))
-    gantry = GantryApp(settings, clock=clock)
-    await gantry.start()
-    yield gantry
-    await gantry.stop(0)
-
-
-@pytest.fixture(scope="module")
-async def http(app):
-    async with httpx.AsyncClient(base_url=f"http://{app.http_addr}", timeout=10) as client:
-        yield client
+    async with providerless_app(database_url, redis_url, tmp_path_factory.mktemp("read-paths"), clock) as gantry:
+        yield gantry
 
 
 async def add_session(engine, *, created: datetime, consumer="app-a", provider="vastai", status="running",
