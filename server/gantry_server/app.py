@@ -22,6 +22,7 @@ from . import embedded, tls, tracing
 from .clock import Clock, SystemClock
 from .config import ConfigError, Settings, check_admin_token
 from .dependencies import DependencyWatcher
+from .errors import dependency_down
 from .domain.auth.launch_tokens import LaunchTokenKeys
 from .domain.events.hub import EventHub
 from .domain.events.relay import OutboxRelay
@@ -106,11 +107,17 @@ class GantryApp:
         self.dependencies: DependencyWatcher | None = None  # PostgreSQL/Redis probes while serving
 
     async def start(self) -> None:
-        """Start everything; on any failure undo what was started and re-raise."""
+        """Start everything; on any failure undo what was started and re-raise. PostgreSQL or Redis lost part-way
+        (a restart during migrations or the start-up sweep) is the same one-line error as unreachable at the start."""
         try:
             await self._start()
-        except BaseException:
+        except BaseException as exc:
             await self.stop(0)
+            lost = dependency_down(exc) if isinstance(exc, Exception) else None
+            if lost and not isinstance(exc, (db.DatabaseUnreachable, RedisUnreachable)):
+                unreachable = db.DatabaseUnreachable if lost == "PostgreSQL" else RedisUnreachable
+                detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise unreachable(f"{lost} became unreachable while starting: {detail}") from None
             raise
 
     async def _start(self) -> None:

@@ -131,3 +131,31 @@ async def test_redis_down_watch_session_is_unavailable(served, own_services, cap
         redis.start()
     await app.dependencies.check()
     assert app.dependencies.redis_ok
+
+
+async def test_postgres_lost_during_migrations_is_one_line_not_a_traceback(own_services, tmp_path, monkeypatch):
+    """A `serve` started while PostgreSQL restarts (seen by the fault harness): the start fails with the same
+    one-line DatabaseUnreachable as an unreachable database (the CLI prints it and exits 2), not a traceback."""
+    from gantry_server import app as app_module
+    from gantry_server.store.db import DatabaseUnreachable
+
+    pg, redis = own_services
+    upgrade = app_module.migrate.upgrade
+
+    async def upgrade_after_a_restart_began(engine, *args, **kwargs):
+        pg.stop()  # the real server goes away between the reachability check and the migrations
+        return await upgrade(engine, *args, **kwargs)
+
+    monkeypatch.setattr(app_module.migrate, "upgrade", upgrade_after_a_restart_began)
+    gantry = GantryApp(make_settings(pg.url, redis.url, tmp_path, migrate_on_start=True,
+                                     broker=BrokerSettings(providers=(), background_loops=False)))
+    try:
+        with pytest.raises(DatabaseUnreachable) as err:
+            await gantry.start()
+        message = str(err.value)
+        assert message.startswith("PostgreSQL became unreachable while starting: ") and "\n" not in message
+        assert gantry.rt is None and gantry.server is None  # what was started is undone
+    finally:
+        pg.start()
+    # The module's server then stops cleanly although its pooled connections were closed by the restart (its
+    # fixture's teardown: releasing the broker's leases retries on a fresh connection instead of failing the stop).

@@ -322,6 +322,15 @@ class Lifecycle:
                     await asyncio.gather(*(end(s) for s in ids))
             except TimeoutError:
                 log.warning("shutdown: some destroys did not finish; the next process finishes them")
-        async with self.b.engine.begin() as conn:
-            await conn.execute(t.update().where(t.c.lease_owner.startswith(f"{self.b.owner}:"))
-                               .values(lease_owner=None, lease_until=None))
+        for _ in range(2):  # a pooled connection that a PostgreSQL restart closed fails once; then a new one
+            try:
+                async with self.b.engine.begin() as conn:
+                    await conn.execute(t.update().where(t.c.lease_owner.startswith(f"{self.b.owner}:"))
+                                       .values(lease_owner=None, lease_until=None))
+                return
+            except Exception as exc:
+                if dependency_down(exc) is None:
+                    raise
+        # Not fatal to the shutdown: a lease whose process has no connection left is free at once for the others.
+        log.warning("shutdown: leases not released, PostgreSQL unavailable; other replicas take them once this "
+                    "process's connections are gone")
