@@ -330,6 +330,30 @@ class Progress:
         self.close()
 
 
+async def command_main(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None, body) -> int:
+    """Parse `argv`, then run `body(args, out, addr)`; its exit code, or the failure in words with the exit code
+    scripts rely on: usage 2, unreachable 3, refused by the server 1 (never a traceback)."""
+    out = Output(prog)
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        return out.fail(str(exc), EXIT_USAGE)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    out.json = args.json
+    addr = resolve_addr(args)
+    try:
+        return await body(args, out, addr)
+    except UsageError as exc:
+        return out.fail(str(exc), EXIT_USAGE)
+    except Unreachable as exc:
+        return out.fail(str(exc), EXIT_UNREACHABLE)
+    except Refused as exc:
+        return out.fail(str(exc), EXIT_REFUSED)
+    except grpc.aio.AioRpcError as exc:
+        return out.fail(*rpc_failure(exc, addr))
+
+
 def run(amain, argv) -> int:
     """`asyncio.run(amain(argv))`, 130 on Ctrl-C."""
     try:

@@ -49,9 +49,9 @@ from gantry.broker.v1 import (costs_pb2, costs_pb2_grpc, inventory_pb2, inventor
                               sessions_pb2_grpc)
 from gantry_client import connect
 
-from .common import (EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, Output, Parser, RefuseSecret, Refused,
-                     Unreachable, UsageError, add_connection_options, clean, error_reason, is_transport_failure,
-                     message_dict, money, resolve_addr, retry_after, rpc_failure, tls_files, wait_connected, when)
+from .common import (EXIT_OK, EXIT_REFUSED, Output, Parser, RefuseSecret, Refused, UsageError, add_connection_options,
+                     clean, command_main, error_reason, is_transport_failure, message_dict, money, retry_after,
+                     tls_files, wait_connected, when)
 
 PROG = "gantry gpu"
 WORKLOADS = ("interactive", "ssh", "llm", "llm_vllm", "llm_tgi", "training", "batch", "inference", "benchmark")
@@ -552,28 +552,14 @@ COMMANDS = {"offers": _offers, "rent": _rent, "ls": _ls, "show": _show, "ssh": _
 
 async def amain(argv: list[str] | None = None) -> int:
     """Run one `gantry gpu` command; returns the exit code (never raises for usage, server or network errors)."""
-    out = Output(PROG)
-    try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    except UsageError as exc:
-        return out.fail(str(exc), EXIT_USAGE)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    out.json = args.json
-    addr = resolve_addr(args)
-    try:
-        credential = _credential(args)
-        async with connect(addr, **tls_files(args)) as channel:
-            await wait_connected(channel, addr)
-            return await COMMANDS[args.command](Client(channel, addr, args, credential), args, out)
-    except UsageError as exc:
-        return out.fail(str(exc), EXIT_USAGE)
-    except Unreachable as exc:
-        return out.fail(str(exc), EXIT_UNREACHABLE)
-    except Refused as exc:
-        return out.fail(str(exc), EXIT_REFUSED)
-    except grpc.aio.AioRpcError as exc:
-        return out.fail(*rpc_failure(exc, addr))
+    return await command_main(PROG, build_parser(), argv, _command)
+
+
+async def _command(args, out: Output, addr: str) -> int:
+    credential = _credential(args)
+    async with connect(addr, **tls_files(args)) as channel:
+        await wait_connected(channel, addr)
+        return await COMMANDS[args.command](Client(channel, addr, args, credential), args, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,8 @@ import grpc
 from gantry.miner.v1 import miner_pb2, miner_pb2_grpc
 from gantry_client import CursorExpired, MinerEvents, Signer, connect
 
-from .common import (EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, Output, Parser, Unreachable, UsageError,
-                     add_connection_options, clean, message_dict, resolve_addr, rpc_failure, tls_files,
-                     wait_connected, when)
+from .common import (EXIT_OK, EXIT_REFUSED, Output, Parser, UsageError, add_connection_options, clean, command_main,
+                     message_dict, tls_files, wait_connected, when)
 
 PROG = "gantry miner"
 SEED_ENV = ("GANTRY_MINER_SEED", "MINER_SEED")
@@ -267,30 +266,18 @@ COMMANDS = {"chutes": _chutes, "jobs": _jobs, "stats": _stats, "scores": _scores
 
 async def amain(argv: list[str] | None = None) -> int:
     """Run one `gantry miner` command; returns the exit code (never raises for usage, server or network errors)."""
-    out = Output(PROG)
-    try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    except UsageError as exc:
-        return out.fail(str(exc), EXIT_USAGE)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    out.json = args.json
-    addr = resolve_addr(args)
-    try:
-        signer = load_signer(args, required=args.command not in ("stats", "scores"))
-        if args.command in ("stats", "scores"):
-            _whose(args, signer)  # a usage error before any connection
-        async with connect(addr, signer=signer, **tls_files(args)) as channel:
-            await wait_connected(channel, addr)
-            if args.command == "events":
-                return await _events(channel, signer, args, out)
-            return await COMMANDS[args.command](miner_pb2_grpc.MinerServiceStub(channel), signer, args, out)
-    except UsageError as exc:
-        return out.fail(str(exc), EXIT_USAGE)
-    except Unreachable as exc:
-        return out.fail(str(exc), EXIT_UNREACHABLE)
-    except grpc.aio.AioRpcError as exc:
-        return out.fail(*rpc_failure(exc, addr))
+    return await command_main(PROG, build_parser(), argv, _command)
+
+
+async def _command(args, out: Output, addr: str) -> int:
+    signer = load_signer(args, required=args.command not in ("stats", "scores"))
+    if args.command in ("stats", "scores"):
+        _whose(args, signer)  # a usage error before any connection
+    async with connect(addr, signer=signer, **tls_files(args)) as channel:
+        await wait_connected(channel, addr)
+        if args.command == "events":
+            return await _events(channel, signer, args, out)
+        return await COMMANDS[args.command](miner_pb2_grpc.MinerServiceStub(channel), signer, args, out)
 
 
 def main(argv: list[str] | None = None) -> int:
