@@ -3,7 +3,6 @@ only timed out (a busy pool, a saturated core) does so only after TIMEOUTS_TO_TR
 brings a down dependency back."""
 import asyncio
 
-import pytest
 
 from gantry_server.dependencies import DependencyWatcher
 
