@@ -141,12 +141,11 @@ def process_logging():
     import logging
 
     root = logging.getLogger()
-    handlers, level, srcfile = root.handlers[:], root.level, logging._srcfile
+    handlers, level = root.handlers[:], root.level
     quiet = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    logging._srcfile = srcfile
     for name, was in quiet.items():
         logging.getLogger(name).setLevel(was)
     for name in set(logging.root.manager.loggerDict) - set(quiet):
